@@ -1,0 +1,191 @@
+// Package api holds berth's resource types, their defaults and their
+// validation: the contract between the CLI, the server and the agents.
+// It does no I/O.
+package api
+
+import "time"
+
+// AppSpec is what a user writes in an app's YAML file.
+type AppSpec struct {
+	Name      string            `json:"name"`
+	Image     string            `json:"image"`
+	Command   []string          `json:"command,omitempty"`
+	Env       map[string]string `json:"env,omitempty"`
+	Port      int               `json:"port,omitempty"`
+	Replicas  *int              `json:"replicas,omitempty"`
+	Resources Resources         `json:"resources"`
+	Health    *Health           `json:"health,omitempty"`
+	StopGrace *Duration         `json:"stop_grace,omitempty"`
+	Init      *bool             `json:"init,omitempty"`
+	Labels    map[string]string `json:"labels,omitempty"`
+}
+
+// Resources are enforced by the engine and reserved by the scheduler.
+type Resources struct {
+	CPU    MilliCPU `json:"cpu,omitempty"`
+	Memory Bytes    `json:"memory,omitempty"`
+	Pids   int64    `json:"pids,omitempty"`
+}
+
+// Health is the check that decides whether an instance is healthy. Exactly
+// one of HTTP, TCP and Exec is set once defaults are applied.
+type Health struct {
+	HTTP        string    `json:"http,omitempty"` // path, GET on the published port, 2xx/3xx is healthy
+	TCP         bool      `json:"tcp,omitempty"`  // connect to the published port
+	Exec        []string  `json:"exec,omitempty"` // command in the container, exit 0 is healthy
+	Interval    *Duration `json:"interval,omitempty"`
+	Timeout     *Duration `json:"timeout,omitempty"`
+	Retries     int       `json:"retries,omitempty"`
+	StartPeriod *Duration `json:"start_period,omitempty"`
+}
+
+// App is an AppSpec as the server keeps it.
+type App struct {
+	Spec AppSpec `json:"spec"`
+	// Revision counts accepted changes of the spec, from 1.
+	Revision int64 `json:"revision"`
+	// TemplateRevision is the revision at which the instance template (all
+	// of the spec but replicas) last changed; instances made from an older
+	// template are replaced by a rolling update.
+	TemplateRevision int64     `json:"template_revision"`
+	Deleting         bool      `json:"deleting,omitempty"`
+	Created          time.Time `json:"created"`
+	Updated          time.Time `json:"updated"`
+	// Version is the store revision of this record, for compare-and-swap.
+	Version int64 `json:"version,omitempty"`
+}
+
+// Instance states, as reported by the agent.
+const (
+	StatePending   = "pending"   // not placed or not yet created on its node
+	StateStarting  = "starting"  // container started, not yet healthy
+	StateRunning   = "running"   // healthy
+	StateUnhealthy = "unhealthy" // failing its health check
+	StateStopping  = "stopping"  // being stopped (retired or removed)
+	StateExited    = "exited"    // exited; will be restarted after a backoff
+	StateFailed    = "failed"    // cannot run (e.g. missing image); retried slowly
+)
+
+// Instance desired states, set by the server.
+const (
+	DesiredRun  = "run"
+	DesiredStop = "stop"
+)
+
+// Instance is one container's worth of an app: the server decides its
+// template and node; the agent of that node reports its status.
+type Instance struct {
+	Name     string  `json:"name"` // <app>-<n>
+	App      string  `json:"app"`
+	Index    int     `json:"index"`
+	Revision int64   `json:"revision"` // the app's template revision it was made from
+	Spec     AppSpec `json:"spec"`     // the template, defaults applied
+	Node     string  `json:"node,omitempty"`
+	// Reason says why the instance is not placed yet.
+	Reason     string    `json:"reason,omitempty"`
+	Desired    string    `json:"desired"`
+	StopReason string    `json:"stop_reason,omitempty"`
+	Created    time.Time `json:"created"`
+	Status     Status    `json:"status"`
+	Version    int64     `json:"version,omitempty"`
+}
+
+// Status is what the agent reports about an instance.
+type Status struct {
+	State       string    `json:"state"`
+	Healthy     bool      `json:"healthy,omitempty"`
+	ContainerID string    `json:"container_id,omitempty"`
+	Address     string    `json:"address,omitempty"` // host:port where the instance's port answers
+	Restarts    int       `json:"restarts,omitempty"`
+	ExitCode    *int      `json:"exit_code,omitempty"` // of the last exit
+	Error       string    `json:"error,omitempty"`     // last error
+	Replace     bool      `json:"replace,omitempty"`   // unhealthy past its retries: the server replaces it
+	StartedAt   time.Time `json:"started_at,omitempty"`
+	Updated     time.Time `json:"updated,omitempty"`
+}
+
+// Routable reports whether traffic may be sent to the instance.
+func (i *Instance) Routable() bool {
+	return i.Desired == DesiredRun && i.Status.Healthy && i.Status.State == StateRunning && i.Status.Address != ""
+}
+
+// Node is a Docker host with an agent.
+type Node struct {
+	Name      string            `json:"name"`
+	Address   string            `json:"address"` // where published ports answer
+	Capacity  Capacity          `json:"capacity"`
+	Labels    map[string]string `json:"labels,omitempty"`
+	Engine    string            `json:"engine,omitempty"` // Docker version
+	Heartbeat time.Time         `json:"heartbeat"`
+	// State is derived by the server from the heartbeat: ready or down.
+	State   string `json:"state,omitempty"`
+	Version int64  `json:"version,omitempty"`
+}
+
+// Capacity is what a node offers, or what is allocated on it.
+type Capacity struct {
+	CPU    MilliCPU `json:"cpu"`
+	Memory Bytes    `json:"memory"`
+}
+
+const (
+	NodeReady = "ready"
+	NodeDown  = "down"
+)
+
+// StateAt derives a node's state from its last heartbeat.
+func (n *Node) StateAt(now time.Time, ttl time.Duration) string {
+	if now.Sub(n.Heartbeat) > ttl {
+		return NodeDown
+	}
+	return NodeReady
+}
+
+// Event is one thing that happened, for `berth events`.
+type Event struct {
+	Time     time.Time `json:"time"`
+	Kind     string    `json:"kind"` // placed, started, healthy, unhealthy, exited, restarted, failed, stopping, removed, unschedulable, deployed, scaled, deleted
+	App      string    `json:"app,omitempty"`
+	Instance string    `json:"instance,omitempty"`
+	Node     string    `json:"node,omitempty"`
+	Message  string    `json:"message,omitempty"`
+	Version  int64     `json:"version,omitempty"`
+}
+
+// WatchEvent is one line of a watch stream (NDJSON).
+type WatchEvent[T any] struct {
+	Type     string `json:"type"` // put, delete
+	Object   T      `json:"object"`
+	Revision int64  `json:"revision"`
+}
+
+// List is a list answer; Revision is where a watch continues from.
+type List[T any] struct {
+	Items    []T   `json:"items"`
+	Revision int64 `json:"revision"`
+}
+
+// Error is the body of every error answer.
+type Error struct {
+	Error string `json:"error"`
+	Field string `json:"field,omitempty"`
+}
+
+// ScaleRequest is the body of POST /v1/apps/{name}/scale.
+type ScaleRequest struct {
+	Replicas int `json:"replicas"`
+}
+
+// Status of the server, for `berth status`.
+type ServerStatus struct {
+	Version    string `json:"version"`
+	Cluster    string `json:"cluster"` // id of this berth cluster, on every container label`
+	Leader     bool   `json:"leader"`
+	Store      string `json:"store"` // ok or the error
+	StoreRev   int64  `json:"store_revision"`
+	StoreBytes int64  `json:"store_bytes"`
+	Apps       int    `json:"apps"`
+	Instances  int    `json:"instances"`
+	Nodes      int    `json:"nodes"`
+	Uptime     string `json:"uptime"`
+}

@@ -1,0 +1,193 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"berth/api"
+)
+
+func deployCmd(g *globals) *cobra.Command {
+	var file string
+	var detach bool
+	var timeout time.Duration
+	cmd := &cobra.Command{
+		Use:   "deploy -f app.yaml",
+		Short: "Create or update an app from its spec, and follow the rollout",
+		Long: `Send an app spec (YAML or JSON) to the server. The server validates it and
+stores it as a new revision; berth then places, starts and health-checks the
+instances, replacing old ones one at a time when the template changed.
+
+deploy prints the rollout's progress until every instance is healthy at the
+new revision (exit 0) or the rollout fails (non-zero, with the reason).`,
+		Example: "  berth deploy -f examples/hello.yaml\n  berth deploy -f app.yaml --detach",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if file == "" {
+				return fmt.Errorf("-f: the app spec file is required (- for stdin)")
+			}
+			var data []byte
+			var err error
+			if file == "-" {
+				data, err = io.ReadAll(io.LimitReader(os.Stdin, api.MaxSpecBytes+1))
+			} else {
+				data, err = os.ReadFile(file)
+			}
+			if err != nil {
+				return err
+			}
+			// Parse locally only to learn the name; the server validates.
+			spec, err := api.ParseAppSpec(data)
+			if err != nil {
+				return fmt.Errorf("%s: %w", file, err)
+			}
+			if spec.Name == "" {
+				return fmt.Errorf("%s: name: required", file)
+			}
+			cl, err := g.client()
+			if err != nil {
+				return err
+			}
+			ctx := cmd.Context()
+			app, err := cl.DeployYAML(ctx, spec.Name, data)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "%s: revision %d accepted (%s, %d replicas)\n", spec.Name, app.Revision, app.Spec.Image, app.Spec.ReplicaCount())
+			if detach {
+				return nil
+			}
+			return follow(ctx, cl, cmd.OutOrStdout(), spec.Name, app.Version-1, false, timeout)
+		},
+	}
+	cmd.Flags().StringVarP(&file, "file", "f", "", "app spec file (YAML or JSON; - for stdin)")
+	cmd.Flags().BoolVarP(&detach, "detach", "d", false, "return once the spec is accepted")
+	cmd.Flags().DurationVar(&timeout, "timeout", 5*time.Minute, "give up following after this long")
+	return cmd
+}
+
+func scaleCmd(g *globals) *cobra.Command {
+	var detach bool
+	var timeout time.Duration
+	cmd := &cobra.Command{
+		Use:     "scale APP REPLICAS",
+		Short:   "Change the number of an app's instances",
+		Example: "  berth scale hello 5",
+		Args:    cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			n, err := strconv.Atoi(args[1])
+			if err != nil || n < 0 {
+				return fmt.Errorf("REPLICAS: %q is not a number of instances", args[1])
+			}
+			cl, err := g.client()
+			if err != nil {
+				return err
+			}
+			app, err := cl.Scale(cmd.Context(), args[0], n)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "%s: scaling to %d (revision %d)\n", args[0], n, app.Revision)
+			if detach {
+				return nil
+			}
+			return follow(cmd.Context(), cl, cmd.OutOrStdout(), args[0], app.Version-1, false, timeout)
+		},
+	}
+	cmd.Flags().BoolVarP(&detach, "detach", "d", false, "return once the change is accepted")
+	cmd.Flags().DurationVar(&timeout, "timeout", 5*time.Minute, "give up following after this long")
+	return cmd
+}
+
+func rmCmd(g *globals) *cobra.Command {
+	var detach bool
+	var timeout time.Duration
+	cmd := &cobra.Command{
+		Use:   "rm APP",
+		Short: "Remove an app: stop and remove all of its containers",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cl, err := g.client()
+			if err != nil {
+				return err
+			}
+			app, err := cl.DeleteApp(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "%s: removing\n", args[0])
+			if detach {
+				return nil
+			}
+			return follow(cmd.Context(), cl, cmd.OutOrStdout(), args[0], app.Version-1, true, timeout)
+		},
+	}
+	cmd.Flags().BoolVarP(&detach, "detach", "d", false, "return once removal has begun")
+	cmd.Flags().DurationVar(&timeout, "timeout", 5*time.Minute, "give up waiting after this long")
+	return cmd
+}
+
+func appsCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "apps",
+		Short: "List apps",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cl, err := g.client()
+			if err != nil {
+				return err
+			}
+			apps, err := cl.ListApps(cmd.Context())
+			if err != nil {
+				return err
+			}
+			insts, err := cl.ListInstances(cmd.Context(), clientFilterAll)
+			if err != nil {
+				return err
+			}
+			healthy := map[string]int{}
+			for _, inst := range insts.Items {
+				if inst.Routable() {
+					healthy[inst.App]++
+				}
+			}
+			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "NAME\tIMAGE\tREADY\tREVISION\tPORT\tUPDATED")
+			for _, a := range apps.Items {
+				ready := fmt.Sprintf("%d/%d", healthy[a.Spec.Name], a.Spec.ReplicaCount())
+				if a.Deleting {
+					ready = "removing"
+				}
+				port := "-"
+				if a.Spec.Port > 0 {
+					port = strconv.Itoa(a.Spec.Port)
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\n", a.Spec.Name, a.Spec.Image, ready, a.Revision, port, age(a.Updated))
+			}
+			return tw.Flush()
+		},
+	}
+}
+
+// age prints how long ago t was, the way ps does.
+func age(t time.Time) string {
+	if t.IsZero() {
+		return "-"
+	}
+	d := time.Since(t)
+	switch {
+	case d < time.Minute:
+		return fmt.Sprintf("%ds", int(d.Seconds()))
+	case d < time.Hour:
+		return fmt.Sprintf("%dm", int(d.Minutes()))
+	case d < 48*time.Hour:
+		return fmt.Sprintf("%dh", int(d.Hours()))
+	}
+	return fmt.Sprintf("%dd", int(d.Hours()/24))
+}

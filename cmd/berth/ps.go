@@ -1,0 +1,77 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	"berth/api"
+	"berth/internal/client"
+)
+
+var clientFilterAll = client.InstanceFilter{}
+
+func psCmd(g *globals) *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "ps [APP]",
+		Short: "List instances: state, node, address, age, restarts",
+		Args:  cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cl, err := g.client()
+			if err != nil {
+				return err
+			}
+			f := client.InstanceFilter{}
+			if len(args) == 1 {
+				f.App = args[0]
+			}
+			list, err := cl.ListInstances(cmd.Context(), f)
+			if err != nil {
+				return err
+			}
+			out := cmd.OutOrStdout()
+			if asJSON {
+				enc := json.NewEncoder(out)
+				enc.SetIndent("", "  ")
+				return enc.Encode(list.Items)
+			}
+			tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "INSTANCE\tSTATE\tNODE\tADDRESS\tREV\tAGE\tRESTARTS\tLAST EXIT\tINFO")
+			for _, inst := range list.Items {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%d\t%s\t%s\n",
+					inst.Name, displayState(inst), orDash(inst.Node), orDash(inst.Status.Address),
+					inst.Revision, age(inst.Created), inst.Status.Restarts, exitCodeString(inst.Status.ExitCode), info(inst))
+			}
+			return tw.Flush()
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the instances as JSON")
+	return cmd
+}
+
+func displayState(inst api.Instance) string {
+	if inst.Desired == api.DesiredStop && inst.Status.State != api.StateStopping {
+		return "retiring"
+	}
+	return inst.Status.State
+}
+
+func info(inst api.Instance) string {
+	switch {
+	case inst.Node == "" && inst.Reason != "":
+		return inst.Reason
+	case inst.Desired == api.DesiredStop:
+		return inst.StopReason
+	}
+	return inst.Status.Error
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}

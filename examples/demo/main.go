@@ -1,0 +1,141 @@
+// Command demo is a tiny HTTP server used by berth's tests and demos.
+//
+// Endpoints:
+//
+//	GET /          "hello from <hostname> (GREETING=<$GREETING>)", plus " version=<$DEMO_VERSION>" when set
+//	GET /healthz   200 "ok", or 500 "sick" once /sick was called
+//	GET /sick      switches the process into sick mode (POST works too)
+//	GET /crash     answers, then exits with code 3 about 50ms later
+//	GET /slow?ms=N sleeps N milliseconds, then answers
+//
+// It listens on :$PORT (default 8080), shuts down gracefully on SIGTERM or
+// SIGINT (exit code 0) and, when EXIT_AFTER (or -exit-after) is set to a
+// duration, exits with code 1 after that long.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strconv"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+// demo holds the state shared by the handlers.
+type demo struct {
+	hostname string
+	greeting string
+	version  string
+	sick     atomic.Bool
+	exit     func(code int) // os.Exit, replaced in tests
+}
+
+func (d *demo) routes() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
+		line := fmt.Sprintf("hello from %s (GREETING=%s)", d.hostname, d.greeting)
+		if d.version != "" {
+			line += " version=" + d.version
+		}
+		fmt.Fprintln(w, line)
+	})
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		if d.sick.Load() {
+			http.Error(w, "sick", http.StatusInternalServerError)
+			return
+		}
+		fmt.Fprintln(w, "ok")
+	})
+	sick := func(w http.ResponseWriter, r *http.Request) {
+		d.sick.Store(true)
+		fmt.Fprintln(w, "now sick")
+	}
+	mux.HandleFunc("GET /sick", sick)
+	mux.HandleFunc("POST /sick", sick)
+	mux.HandleFunc("GET /crash", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintln(w, "crashing")
+		fmt.Println("crash requested, exiting with code 3")
+		time.AfterFunc(50*time.Millisecond, func() { d.exit(3) })
+	})
+	mux.HandleFunc("GET /slow", func(w http.ResponseWriter, r *http.Request) {
+		ms, err := strconv.Atoi(r.URL.Query().Get("ms"))
+		if err != nil || ms < 0 {
+			http.Error(w, "ms must be a non-negative integer", http.StatusBadRequest)
+			return
+		}
+		select {
+		case <-time.After(time.Duration(ms) * time.Millisecond):
+			fmt.Fprintf(w, "slept %dms\n", ms)
+		case <-r.Context().Done(): // client went away
+		}
+	})
+	return mux
+}
+
+func main() {
+	var exitAfter time.Duration
+	if v := os.Getenv("EXIT_AFTER"); v != "" {
+		var err error
+		if exitAfter, err = time.ParseDuration(v); err != nil {
+			fmt.Fprintf(os.Stderr, "demo: bad EXIT_AFTER %q: %v\n", v, err)
+			os.Exit(2)
+		}
+	}
+	flag.DurationVar(&exitAfter, "exit-after", exitAfter, "exit with code 1 after this long (0: never; env EXIT_AFTER)")
+	flag.Parse()
+
+	port := os.Getenv("PORT")
+	if port == "" {
+		port = "8080"
+	}
+	hostname, _ := os.Hostname()
+	d := &demo{
+		hostname: hostname,
+		greeting: os.Getenv("GREETING"),
+		version:  os.Getenv("DEMO_VERSION"),
+		exit:     os.Exit,
+	}
+
+	ln, err := net.Listen("tcp", ":"+port)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "demo: %v\n", err)
+		os.Exit(1)
+	}
+	srv := &http.Server{Handler: d.routes(), ReadHeaderTimeout: 10 * time.Second}
+	fmt.Printf("listening on :%s\n", port)
+
+	if exitAfter > 0 {
+		time.AfterFunc(exitAfter, func() {
+			fmt.Printf("EXIT_AFTER %s elapsed, exiting with code 1\n", exitAfter)
+			os.Exit(1)
+		})
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(ln) }()
+
+	select {
+	case err := <-serveErr:
+		fmt.Fprintf(os.Stderr, "demo: %v\n", err)
+		os.Exit(1)
+	case <-ctx.Done():
+	}
+
+	fmt.Println("shutting down")
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(shutdownCtx); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		fmt.Fprintf(os.Stderr, "demo: shutdown: %v\n", err)
+		os.Exit(1)
+	}
+	fmt.Println("stopped")
+}

@@ -1,0 +1,588 @@
+// Package agent is the node agent: it registers its node, watches the
+// instances placed on it through the API, drives the local container
+// engine to match, checks health and reports status. It is the only part
+// of berth that touches containers.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"strconv"
+	"sync"
+	"time"
+
+	"berth/api"
+	"berth/internal/client"
+	"berth/internal/runtime"
+)
+
+// Agent runs one node.
+type Agent struct {
+	Client  *client.Client
+	Runtime runtime.Runtime
+	Node    string
+	// Address is where this node's published ports answer (and are published).
+	Address string
+	Log     *slog.Logger
+	// Workers bounds how many containers are created or stopped at once.
+	Workers int
+	// Heartbeat is how often the node reports it is alive.
+	Heartbeat time.Duration
+
+	cluster string
+	queue   *workQueue
+
+	mu     sync.Mutex
+	insts  map[string]api.Instance // instances placed on this node, as the server has them
+	synced bool                    // insts holds a full list
+	locals map[string]*local
+}
+
+// local is what the agent knows of one instance beyond the server's record.
+type local struct {
+	mu          sync.Mutex // orders status reports
+	status      api.Status // last status reported
+	crashes     int        // consecutive short-lived runs, for the restart backoff
+	nextStart   time.Time  // not restarted before
+	countedExit time.Time  // FinishedAt of the last exit already counted
+	probeCancel context.CancelFunc
+	probeFor    string // container the prober checks
+}
+
+// Restart backoff: 1s doubling to 1m; a run of a minute forgets past crashes.
+const (
+	backoffMin    = time.Second
+	backoffMax    = time.Minute
+	stableRun     = time.Minute
+	imageTimeout  = 2 * time.Minute
+	drainDelay    = 300 * time.Millisecond
+	resyncEvery   = 10 * time.Second
+	reportTimeout = 10 * time.Second
+)
+
+// Run registers the node and converges its containers until ctx ends.
+// Containers keep running when it returns.
+func (a *Agent) Run(ctx context.Context) error {
+	if a.Workers == 0 {
+		a.Workers = 8
+	}
+	if a.Heartbeat == 0 {
+		a.Heartbeat = 3 * time.Second
+	}
+	a.queue = newWorkQueue()
+	a.insts = map[string]api.Instance{}
+	a.locals = map[string]*local{}
+
+	if err := a.register(ctx); err != nil {
+		return err
+	}
+	a.Log.Info("agent ready", "node", a.Node, "cluster", a.cluster)
+
+	var wg sync.WaitGroup
+	run := func(f func(context.Context)) {
+		wg.Add(1)
+		go func() { defer wg.Done(); f(ctx) }()
+	}
+	run(a.heartbeat)
+	run(a.follow)
+	run(a.watchEngine)
+	run(a.resync)
+	for range a.Workers {
+		run(a.work)
+	}
+	<-ctx.Done()
+	a.queue.Stop()
+	wg.Wait()
+	return nil
+}
+
+// register learns the cluster's identity and reports the node's capacity.
+func (a *Agent) register(ctx context.Context) error {
+	for backoff := time.Second; ; backoff = min(backoff*2, 30*time.Second) {
+		err := a.registerOnce(ctx)
+		if err == nil {
+			return nil
+		}
+		a.Log.Warn("register node", "err", err, "retry_in", backoff)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(backoff):
+		}
+	}
+}
+
+func (a *Agent) registerOnce(ctx context.Context) error {
+	st, err := a.Client.Status(ctx)
+	if err != nil {
+		return err
+	}
+	if st.Cluster == "" {
+		return errors.New("server reports no cluster id")
+	}
+	a.cluster = st.Cluster
+	return a.putNode(ctx)
+}
+
+func (a *Agent) putNode(ctx context.Context) error {
+	info, err := a.Runtime.Info(ctx)
+	if err != nil {
+		return fmt.Errorf("container engine: %w", err)
+	}
+	_, err = a.Client.PutNode(ctx, api.Node{
+		Name:     a.Node,
+		Address:  a.Address,
+		Capacity: api.Capacity{CPU: api.MilliCPU(info.CPUs * 1000), Memory: api.Bytes(info.MemoryBytes)},
+		Engine:   info.Version,
+	})
+	return err
+}
+
+func (a *Agent) heartbeat(ctx context.Context) {
+	t := time.NewTicker(a.Heartbeat)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			c, cancel := context.WithTimeout(ctx, a.Heartbeat)
+			if err := a.putNode(c); err != nil && ctx.Err() == nil {
+				a.Log.Warn("heartbeat", "err", err)
+			}
+			cancel()
+		}
+	}
+}
+
+// follow keeps insts equal to the server's instances on this node.
+func (a *Agent) follow(ctx context.Context) {
+	a.Client.FollowInstances(ctx, client.InstanceFilter{Node: a.Node}, func(all map[string]api.Instance, changed []string) {
+		a.mu.Lock()
+		a.insts = make(map[string]api.Instance, len(all))
+		for k, v := range all {
+			a.insts[k] = v
+		}
+		first := !a.synced
+		a.synced = true
+		a.mu.Unlock()
+		for _, name := range changed {
+			a.queue.Add(name)
+		}
+		if first {
+			a.sweep(ctx) // adopt or clean up what the engine already runs
+		}
+	})
+}
+
+// watchEngine turns container events into work, reconnecting with backoff
+// when the engine goes away.
+func (a *Agent) watchEngine(ctx context.Context) {
+	backoff := time.Second
+	for ctx.Err() == nil {
+		events, errc := a.Runtime.Events(ctx, a.ownLabels())
+		for ev := range events {
+			backoff = time.Second
+			if name := ev.Labels[runtime.LabelInstance]; name != "" {
+				a.queue.Add(name)
+			}
+		}
+		select {
+		case err := <-errc:
+			if ctx.Err() == nil {
+				a.Log.Warn("engine events", "err", err, "retry_in", backoff)
+			}
+		default:
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(backoff):
+			backoff = min(backoff*2, 30*time.Second)
+			a.sweep(ctx) // events may have been missed
+		}
+	}
+}
+
+// resync re-checks everything now and then: level-triggered, so a missed
+// event only delays convergence.
+func (a *Agent) resync(ctx context.Context) {
+	t := time.NewTicker(resyncEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			a.sweep(ctx)
+		}
+	}
+}
+
+// sweep queues every instance the server places here and every container
+// of this node the engine has, so strays get removed.
+func (a *Agent) sweep(ctx context.Context) {
+	a.mu.Lock()
+	if !a.synced {
+		a.mu.Unlock()
+		return // never judge containers before the full list arrived
+	}
+	for name := range a.insts {
+		a.queue.Add(name)
+	}
+	a.mu.Unlock()
+	containers, err := a.Runtime.List(ctx, a.ownLabels())
+	if err != nil {
+		if ctx.Err() == nil {
+			a.Log.Warn("list containers", "err", err)
+		}
+		return
+	}
+	for _, c := range containers {
+		if name := c.Labels[runtime.LabelInstance]; name != "" {
+			a.queue.Add(name)
+		}
+	}
+}
+
+func (a *Agent) work(ctx context.Context) {
+	for {
+		name, ok := a.queue.Get()
+		if !ok {
+			return
+		}
+		if err := a.reconcile(ctx, name); err != nil && ctx.Err() == nil {
+			a.Log.Warn("reconcile instance", "instance", name, "err", err)
+			a.queue.AddAfter(name, 2*time.Second)
+		}
+		a.queue.Done(name)
+	}
+}
+
+func (a *Agent) ownLabels() map[string]string {
+	return map[string]string{runtime.LabelCluster: a.cluster, runtime.LabelNode: a.Node}
+}
+
+func (a *Agent) localFor(name string, inst api.Instance, known bool) *local {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	l := a.locals[name]
+	if l == nil {
+		l = &local{}
+		if known {
+			l.status = inst.Status
+		}
+		a.locals[name] = l
+	}
+	return l
+}
+
+func (a *Agent) forget(name string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if l := a.locals[name]; l != nil {
+		l.stopProbe()
+		delete(a.locals, name)
+	}
+}
+
+// reconcile makes the engine match one instance.
+func (a *Agent) reconcile(ctx context.Context, name string) error {
+	a.mu.Lock()
+	inst, known := a.insts[name]
+	a.mu.Unlock()
+	labels := a.ownLabels()
+	labels[runtime.LabelInstance] = name
+	containers, err := a.Runtime.List(ctx, labels)
+	if err != nil {
+		return fmt.Errorf("list containers: %w", err)
+	}
+	wanted := known && inst.Node == a.Node && inst.Desired == api.DesiredRun
+	if !wanted {
+		return a.retire(ctx, name, inst, known, containers)
+	}
+	l := a.localFor(name, inst, known)
+	// Two containers for one instance can only come from a crash between
+	// create and record: keep the running (or newest) one.
+	c, extra := pickContainer(containers)
+	for _, x := range extra {
+		a.Log.Warn("removing duplicate container", "instance", name, "container", x.ID)
+		if err := a.Runtime.Remove(ctx, x.ID); err != nil {
+			return err
+		}
+	}
+	switch {
+	case c == nil:
+		return a.create(ctx, inst, l)
+	case c.Running:
+		return a.adopt(ctx, inst, l, *c)
+	default:
+		return a.restart(ctx, inst, l, *c)
+	}
+}
+
+func pickContainer(cs []runtime.Container) (*runtime.Container, []runtime.Container) {
+	if len(cs) == 0 {
+		return nil, nil
+	}
+	best := 0
+	for i, c := range cs {
+		if c.Running && !cs[best].Running || c.Running == cs[best].Running && c.StartedAt.After(cs[best].StartedAt) {
+			best = i
+		}
+	}
+	var extra []runtime.Container
+	for i, c := range cs {
+		if i != best {
+			extra = append(extra, c)
+		}
+	}
+	return &cs[best], extra
+}
+
+// retire stops and removes the containers of an instance that is not
+// wanted here, then tells the server the retired instance is gone.
+func (a *Agent) retire(ctx context.Context, name string, inst api.Instance, known bool, containers []runtime.Container) error {
+	a.forget(name)
+	ours := known && inst.Node == a.Node
+	if len(containers) > 0 {
+		grace := api.DefaultStopGrace
+		if known && inst.Spec.StopGrace != nil {
+			grace = inst.Spec.StopGrace.D()
+		}
+		if ours {
+			st := inst.Status
+			st.State, st.Healthy = api.StateStopping, false
+			wasRoutable := inst.Routable()
+			if err := a.Client.ReportStatus(ctx, name, st); err != nil && !client.IsStatus(err, 404) {
+				return err
+			}
+			// Give routers watching the instance a moment to stop sending to it.
+			if wasRoutable && inst.StopReason != "app removed" {
+				time.Sleep(drainDelay)
+			}
+		}
+		for _, c := range containers {
+			if c.Running {
+				if err := a.Runtime.Stop(ctx, c.ID, grace); err != nil {
+					return err
+				}
+			}
+			if err := a.Runtime.Remove(ctx, c.ID); err != nil {
+				return err
+			}
+		}
+		a.Log.Info("removed", "instance", name, "containers", len(containers))
+	}
+	if ours && inst.Desired == api.DesiredStop {
+		if err := a.Client.DeleteInstance(ctx, name); err != nil && !client.IsStatus(err, 404) {
+			return err
+		}
+	}
+	return nil
+}
+
+// create makes and starts the instance's container.
+func (a *Agent) create(ctx context.Context, inst api.Instance, l *local) error {
+	if wait := time.Until(l.nextStart); wait > 0 {
+		a.queue.AddAfter(inst.Name, wait)
+		return nil
+	}
+	ictx, cancel := context.WithTimeout(ctx, imageTimeout)
+	err := a.Runtime.EnsureImage(ictx, inst.Spec.Image)
+	cancel()
+	if err != nil {
+		return a.fail(ctx, inst, l, err.Error())
+	}
+	spec := inst.Spec
+	id, err := a.Runtime.Create(ctx, runtime.ContainerSpec{
+		Name:        containerName(a.cluster, inst.Name),
+		Image:       spec.Image,
+		Command:     spec.Command,
+		Env:         spec.Env,
+		Hostname:    inst.Name + "." + a.Node,
+		Port:        spec.Port,
+		HostIP:      a.Address,
+		NanoCPUs:    int64(spec.Resources.CPU) * 1_000_000,
+		MemoryBytes: int64(spec.Resources.Memory),
+		PidsLimit:   spec.Resources.Pids,
+		Init:        spec.Init == nil || *spec.Init,
+		Labels:      a.containerLabels(inst),
+	})
+	if err != nil {
+		return a.fail(ctx, inst, l, fmt.Sprintf("create container: %v", err))
+	}
+	return a.start(ctx, inst, l, id)
+}
+
+// containerName is unique per instance, so the engine itself refuses a
+// second container for one instance.
+func containerName(cluster, instance string) string {
+	if len(cluster) > 8 {
+		cluster = cluster[:8]
+	}
+	return "berth-" + cluster + "-" + instance
+}
+
+func (a *Agent) containerLabels(inst api.Instance) map[string]string {
+	labels := map[string]string{}
+	for k, v := range inst.Spec.Labels {
+		labels[k] = v
+	}
+	labels[runtime.LabelCluster] = a.cluster
+	labels[runtime.LabelNode] = a.Node
+	labels[runtime.LabelApp] = inst.App
+	labels[runtime.LabelInstance] = inst.Name
+	labels[runtime.LabelRevision] = strconv.FormatInt(inst.Revision, 10)
+	return labels
+}
+
+func (a *Agent) start(ctx context.Context, inst api.Instance, l *local, id string) error {
+	if err := a.Runtime.Start(ctx, id); err != nil {
+		return a.fail(ctx, inst, l, fmt.Sprintf("start container: %v", err))
+	}
+	c, err := a.Runtime.Inspect(ctx, id)
+	if err != nil {
+		return err
+	}
+	if !c.Running {
+		a.queue.Add(inst.Name) // already gone again: count the exit
+		return nil
+	}
+	st := l.current()
+	st.State, st.Healthy, st.Replace = api.StateStarting, false, false
+	st.ContainerID, st.Address, st.StartedAt = c.ID, a.address(c), c.StartedAt
+	if err := a.report(ctx, inst.Name, l, st); err != nil {
+		return err
+	}
+	a.startProbe(ctx, inst, l, c.ID, st.Address, false)
+	return nil
+}
+
+// adopt takes over a running container: after an agent restart it keeps
+// running and keeps its health; only the prober is started again.
+func (a *Agent) adopt(ctx context.Context, inst api.Instance, l *local, c runtime.Container) error {
+	if l.probing(c.ID) {
+		return nil
+	}
+	st := l.current()
+	wasHealthy := st.ContainerID == c.ID && st.Healthy
+	if st.ContainerID != c.ID || st.Address != a.address(c) {
+		st.ContainerID, st.Address, st.StartedAt = c.ID, a.address(c), c.StartedAt
+		st.State, st.Healthy = api.StateStarting, false
+		if err := a.report(ctx, inst.Name, l, st); err != nil {
+			return err
+		}
+	}
+	a.Log.Info("adopted", "instance", inst.Name, "container", c.ID[:12], "healthy", wasHealthy)
+	a.startProbe(ctx, inst, l, c.ID, st.Address, wasHealthy)
+	return nil
+}
+
+// restart handles a stopped container: count the exit once, wait out the
+// backoff, then start the same container again.
+func (a *Agent) restart(ctx context.Context, inst api.Instance, l *local, c runtime.Container) error {
+	l.stopProbe()
+	st := l.current()
+	exited := !c.FinishedAt.IsZero()
+	alreadyCounted := !c.FinishedAt.After(l.countedExit) ||
+		(l.countedExit.IsZero() && st.State == api.StateExited && st.ContainerID == c.ID)
+	if exited && !alreadyCounted {
+		l.countedExit = c.FinishedAt
+		if c.FinishedAt.Sub(c.StartedAt) >= stableRun {
+			l.crashes = 0
+		}
+		l.crashes++
+		backoff := min(backoffMin<<(l.crashes-1), backoffMax)
+		if l.crashes > 7 {
+			backoff = backoffMax
+		}
+		l.nextStart = time.Now().Add(backoff)
+		code := c.ExitCode
+		st.State, st.Healthy, st.Address = api.StateExited, false, ""
+		st.ExitCode, st.Restarts = &code, st.Restarts+1
+		st.Error = fmt.Sprintf("exited with code %d; restarting in %s", code, backoff)
+		if c.OOMKilled {
+			st.Error = fmt.Sprintf("killed: out of memory (limit %s); restarting in %s", inst.Spec.Resources.Memory, backoff)
+		} else if c.Error != "" {
+			st.Error = c.Error
+		}
+		a.Log.Info("exited", "instance", inst.Name, "code", code, "restart_in", backoff)
+		if err := a.report(ctx, inst.Name, l, st); err != nil {
+			return err
+		}
+	}
+	if wait := time.Until(l.nextStart); wait > 0 {
+		a.queue.AddAfter(inst.Name, wait)
+		return nil
+	}
+	return a.start(ctx, inst, l, c.ID)
+}
+
+// fail reports an instance that cannot run and retries it after a backoff.
+func (a *Agent) fail(ctx context.Context, inst api.Instance, l *local, msg string) error {
+	l.crashes++
+	backoff := min(backoffMin<<min(l.crashes-1, 6), backoffMax)
+	l.nextStart = time.Now().Add(backoff)
+	st := l.current()
+	st.State, st.Healthy, st.Error = api.StateFailed, false, msg
+	a.Log.Warn("instance failed", "instance", inst.Name, "err", msg, "retry_in", backoff)
+	a.queue.AddAfter(inst.Name, backoff)
+	return a.report(ctx, inst.Name, l, st)
+}
+
+func (a *Agent) address(c runtime.Container) string {
+	if c.HostPort == 0 {
+		return ""
+	}
+	return net.JoinHostPort(a.Address, strconv.Itoa(c.HostPort))
+}
+
+func (l *local) current() api.Status {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.status
+}
+
+// report sends a status unless it is what was last sent.
+func (a *Agent) report(ctx context.Context, name string, l *local, st api.Status) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return a.reportLocked(ctx, name, l, st)
+}
+
+func (a *Agent) reportLocked(ctx context.Context, name string, l *local, st api.Status) error {
+	st.Updated = l.status.Updated
+	if statusEqual(st, l.status) {
+		return nil
+	}
+	rctx, cancel := context.WithTimeout(ctx, reportTimeout)
+	defer cancel()
+	if err := a.Client.ReportStatus(rctx, name, st); err != nil {
+		if client.IsStatus(err, 404) {
+			return nil // the instance is gone; the watch will tell
+		}
+		return fmt.Errorf("report status of %s: %w", name, err)
+	}
+	l.status = st
+	return nil
+}
+
+func statusEqual(a, b api.Status) bool {
+	codeEq := (a.ExitCode == nil) == (b.ExitCode == nil) && (a.ExitCode == nil || *a.ExitCode == *b.ExitCode)
+	a.ExitCode, b.ExitCode = nil, nil
+	return codeEq && a.State == b.State && a.Healthy == b.Healthy && a.ContainerID == b.ContainerID &&
+		a.Address == b.Address && a.Restarts == b.Restarts && a.Error == b.Error && a.Replace == b.Replace &&
+		a.StartedAt.Equal(b.StartedAt)
+}
+
+// InstanceLogs streams an instance's container output (apiserver.LogSource).
+func (a *Agent) InstanceLogs(ctx context.Context, inst api.Instance, follow bool, tail int) (io.ReadCloser, error) {
+	if inst.Status.ContainerID == "" {
+		return nil, errors.New("no container yet")
+	}
+	return a.Runtime.Logs(ctx, inst.Status.ContainerID, follow, tail)
+}

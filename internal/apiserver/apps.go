@@ -1,0 +1,212 @@
+package apiserver
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"reflect"
+	"sort"
+	"strconv"
+	"time"
+
+	"berth/api"
+	"berth/internal/store"
+)
+
+func (s *Server) listApps(w http.ResponseWriter, r *http.Request) {
+	apps, rev, err := store.Apps.List(r.Context(), s.Store)
+	if err != nil {
+		s.writeStoreError(w, err)
+		return
+	}
+	sort.Slice(apps, func(i, j int) bool { return apps[i].Spec.Name < apps[j].Spec.Name })
+	writeJSON(w, http.StatusOK, api.List[api.App]{Items: apps, Revision: rev})
+}
+
+func (s *Server) getApp(w http.ResponseWriter, r *http.Request) {
+	app, err := store.Apps.Get(r.Context(), s.Store, r.PathValue("name"))
+	if err != nil {
+		s.writeStoreError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, app)
+}
+
+// putApp creates or changes an app. The body is the app spec in JSON, or
+// YAML with a YAML content type. Nothing is stored unless all of it is valid.
+func (s *Server) putApp(w http.ResponseWriter, r *http.Request) {
+	body, ok := readBody(w, r)
+	if !ok {
+		return
+	}
+	var spec api.AppSpec
+	var err error
+	if wantsYAML(r) {
+		spec, err = api.ParseAppSpec(body)
+	} else {
+		err = api.DecodeStrict(body, &spec)
+	}
+	if err != nil {
+		writeFieldError(w, err)
+		return
+	}
+	name := r.PathValue("name")
+	if spec.Name == "" {
+		spec.Name = name
+	}
+	if spec.Name != name {
+		writeError(w, http.StatusBadRequest, "name", "name: %q does not match the URL's %q", spec.Name, name)
+		return
+	}
+	spec.Default()
+	maxMem, err := s.largestNodeMemory(r)
+	if err != nil {
+		s.writeStoreError(w, err)
+		return
+	}
+	if err := spec.Validate(maxMem); err != nil {
+		writeFieldError(w, err)
+		return
+	}
+
+	now := time.Now().UTC()
+	ctx := r.Context()
+	for {
+		old, err := store.Apps.Get(ctx, s.Store, name)
+		if errors.Is(err, store.ErrNotFound) {
+			app := api.App{Spec: spec, Revision: 1, TemplateRevision: 1, Created: now, Updated: now}
+			ev, err := s.Store.AppendEvent(ctx, api.Event{Kind: "deployed", App: name, Message: fmt.Sprintf("revision 1: %s, %d replicas", spec.Image, spec.ReplicaCount())})
+			if err != nil {
+				s.writeStoreError(w, err)
+				return
+			}
+			rev, err := s.Store.Txn(ctx, store.Apps.Create(name, app), ev)
+			if errors.Is(err, store.ErrExists) {
+				continue // created concurrently: treat as an update
+			}
+			if err != nil {
+				s.writeStoreError(w, err)
+				return
+			}
+			app.Version = rev
+			writeJSON(w, http.StatusCreated, app)
+			return
+		}
+		if err != nil {
+			s.writeStoreError(w, err)
+			return
+		}
+		if old.Deleting {
+			writeError(w, http.StatusConflict, "name", "app %s is being removed; deploy again once it is gone", name)
+			return
+		}
+		if reflect.DeepEqual(old.Spec, spec) {
+			writeJSON(w, http.StatusOK, old) // unchanged: no new revision
+			return
+		}
+		app := old
+		app.Spec = spec
+		app.Revision++
+		app.Updated = now
+		msg := fmt.Sprintf("revision %d: %d replicas", app.Revision, spec.ReplicaCount())
+		if !api.SameTemplate(old.Spec, spec) {
+			app.TemplateRevision = app.Revision
+			msg = fmt.Sprintf("revision %d: %s, %d replicas, rolling update", app.Revision, spec.Image, spec.ReplicaCount())
+		}
+		ev, err := s.Store.AppendEvent(ctx, api.Event{Kind: "deployed", App: name, Message: msg})
+		if err != nil {
+			s.writeStoreError(w, err)
+			return
+		}
+		rev, err := s.Store.Txn(ctx, store.Apps.Put(name, app, old.Version), ev)
+		if errors.Is(err, store.ErrConflict) {
+			continue
+		}
+		if err != nil {
+			s.writeStoreError(w, err)
+			return
+		}
+		app.Version = rev
+		writeJSON(w, http.StatusOK, app)
+		return
+	}
+}
+
+// largestNodeMemory bounds a spec's memory: more than any node has could never run.
+func (s *Server) largestNodeMemory(r *http.Request) (api.Bytes, error) {
+	nodes, _, err := store.Nodes.List(r.Context(), s.Store)
+	if err != nil {
+		return 0, err
+	}
+	var max api.Bytes
+	for _, n := range nodes {
+		if n.Capacity.Memory > max {
+			max = n.Capacity.Memory
+		}
+	}
+	return max, nil
+}
+
+func (s *Server) deleteApp(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	app, err := store.Apps.Update(r.Context(), s.Store, name, func(a *api.App) error {
+		if a.Deleting {
+			return store.ErrSkip
+		}
+		a.Deleting = true
+		a.Updated = time.Now().UTC()
+		return nil
+	}, func(a api.App) []store.Op {
+		ev, err := s.Store.AppendEvent(r.Context(), api.Event{Kind: "deleted", App: name, Message: "removing all instances"})
+		if err != nil {
+			return nil
+		}
+		return []store.Op{ev}
+	})
+	if err != nil {
+		s.writeStoreError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusAccepted, app)
+}
+
+func (s *Server) scaleApp(w http.ResponseWriter, r *http.Request) {
+	var req api.ScaleRequest
+	if !decodeJSON(w, r, &req) {
+		return
+	}
+	if req.Replicas < 0 || req.Replicas > api.MaxReplicas {
+		writeError(w, http.StatusBadRequest, "replicas", "replicas: %d is out of range 0-%d", req.Replicas, api.MaxReplicas)
+		return
+	}
+	name := r.PathValue("name")
+	var deleting bool
+	app, err := store.Apps.Update(r.Context(), s.Store, name, func(a *api.App) error {
+		if a.Deleting {
+			deleting = true
+			return store.ErrSkip
+		}
+		if a.Spec.ReplicaCount() == req.Replicas {
+			return store.ErrSkip
+		}
+		a.Spec.Replicas = &req.Replicas
+		a.Revision++
+		a.Updated = time.Now().UTC()
+		return nil
+	}, func(a api.App) []store.Op {
+		ev, err := s.Store.AppendEvent(r.Context(), api.Event{Kind: "scaled", App: name, Message: "replicas " + strconv.Itoa(req.Replicas)})
+		if err != nil {
+			return nil
+		}
+		return []store.Op{ev}
+	})
+	if err != nil {
+		s.writeStoreError(w, err)
+		return
+	}
+	if deleting {
+		writeError(w, http.StatusConflict, "", "app %s is being removed", name)
+		return
+	}
+	writeJSON(w, http.StatusOK, app)
+}

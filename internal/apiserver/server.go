@@ -1,0 +1,190 @@
+// Package apiserver serves berth's REST API under /v1: validation at the
+// edge, records in the store, watches streamed as NDJSON.
+package apiserver
+
+import (
+	"context"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strings"
+	"time"
+
+	"berth/api"
+	"berth/internal/store"
+)
+
+// MaxBodyBytes bounds every request body.
+const MaxBodyBytes = 1 << 20
+
+// LogSource streams an instance's container output. The agent of the
+// instance's node provides it.
+type LogSource interface {
+	InstanceLogs(ctx context.Context, inst api.Instance, follow bool, tail int) (io.ReadCloser, error)
+}
+
+// Server is the HTTP API.
+type Server struct {
+	Store   *store.Store
+	Token   string
+	Version string
+	Cluster string
+	Log     *slog.Logger
+	// Logs maps a node name to where its instances' logs come from.
+	Logs func(node string) LogSource
+	// NodeTTL is how long a node stays ready without a heartbeat.
+	NodeTTL time.Duration
+
+	started time.Time
+}
+
+// Handler returns the API's routes behind authentication.
+func (s *Server) Handler() http.Handler {
+	s.started = time.Now()
+	if s.NodeTTL == 0 {
+		s.NodeTTL = 10 * time.Second
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })
+	v1 := http.NewServeMux()
+	v1.HandleFunc("GET /v1/status", s.status)
+	v1.HandleFunc("GET /v1/apps", s.listApps)
+	v1.HandleFunc("GET /v1/apps/{name}", s.getApp)
+	v1.HandleFunc("PUT /v1/apps/{name}", s.putApp)
+	v1.HandleFunc("DELETE /v1/apps/{name}", s.deleteApp)
+	v1.HandleFunc("POST /v1/apps/{name}/scale", s.scaleApp)
+	v1.HandleFunc("GET /v1/apps/{name}/logs", s.appLogs)
+	v1.HandleFunc("GET /v1/instances", s.listInstances)
+	v1.HandleFunc("PUT /v1/instances/{name}/status", s.putInstanceStatus)
+	v1.HandleFunc("DELETE /v1/instances/{name}", s.deleteInstance)
+	v1.HandleFunc("GET /v1/nodes", s.listNodes)
+	v1.HandleFunc("PUT /v1/nodes/{name}", s.putNode)
+	v1.HandleFunc("GET /v1/events", s.listEvents)
+	v1.HandleFunc("/v1/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, "", "no such endpoint: %s %s", r.Method, r.URL.Path)
+	})
+	mux.Handle("/v1/", s.authenticate(limitBody(v1)))
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, "", "no such endpoint: %s %s", r.Method, r.URL.Path)
+	})
+	return mux
+}
+
+func (s *Server) authenticate(next http.Handler) http.Handler {
+	want := []byte("Bearer " + s.Token)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got := []byte(r.Header.Get("Authorization"))
+		if subtle.ConstantTimeCompare(got, want) != 1 {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="berth"`)
+			writeError(w, http.StatusUnauthorized, "", "missing or wrong API token")
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+func limitBody(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		r.Body = http.MaxBytesReader(w, r.Body, MaxBodyBytes)
+		next.ServeHTTP(w, r)
+	})
+}
+
+// readBody reads the whole body, answering 413 when it is over the limit.
+func readBody(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
+	b, err := io.ReadAll(r.Body)
+	var tooBig *http.MaxBytesError
+	switch {
+	case errors.As(err, &tooBig):
+		writeError(w, http.StatusRequestEntityTooLarge, "", "request body is larger than %d bytes", MaxBodyBytes)
+		return nil, false
+	case err != nil:
+		writeError(w, http.StatusBadRequest, "", "read request body: %v", err)
+		return nil, false
+	}
+	return b, true
+}
+
+// decodeJSON strictly decodes a JSON body into v.
+func decodeJSON(w http.ResponseWriter, r *http.Request, v any) bool {
+	b, ok := readBody(w, r)
+	if !ok {
+		return false
+	}
+	if err := api.DecodeStrict(b, v); err != nil {
+		writeFieldError(w, err)
+		return false
+	}
+	return true
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v)
+}
+
+func writeError(w http.ResponseWriter, code int, field, format string, args ...any) {
+	writeJSON(w, code, api.Error{Error: fmt.Sprintf(format, args...), Field: field})
+}
+
+// writeFieldError answers 400 naming the field of a validation error.
+func writeFieldError(w http.ResponseWriter, err error) {
+	var fe *api.FieldError
+	if errors.As(err, &fe) {
+		writeJSON(w, http.StatusBadRequest, api.Error{Error: fe.Error(), Field: fe.Field})
+		return
+	}
+	writeError(w, http.StatusBadRequest, "", "%v", err)
+}
+
+// writeStoreError maps store errors to HTTP answers.
+func (s *Server) writeStoreError(w http.ResponseWriter, err error) {
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		writeError(w, http.StatusNotFound, "", "%v", err)
+	case errors.Is(err, store.ErrExists), errors.Is(err, store.ErrConflict):
+		writeError(w, http.StatusConflict, "", "%v", err)
+	case errors.Is(err, context.Canceled):
+	default:
+		s.Log.Error("store", "err", err)
+		writeError(w, http.StatusServiceUnavailable, "", "store: %v", err)
+	}
+}
+
+func (s *Server) status(w http.ResponseWriter, r *http.Request) {
+	st := api.ServerStatus{Version: s.Version, Cluster: s.Cluster, Leader: true, Store: "ok", Uptime: time.Since(s.started).Round(time.Second).String()}
+	ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
+	defer cancel()
+	rev, size, err := s.Store.Status(ctx)
+	if err != nil {
+		st.Store = err.Error()
+	}
+	st.StoreRev, st.StoreBytes = rev, size
+	if apps, _, err := store.Apps.List(ctx, s.Store); err == nil {
+		st.Apps = len(apps)
+	}
+	if insts, _, err := store.Instances.List(ctx, s.Store); err == nil {
+		st.Instances = len(insts)
+	}
+	if nodes, _, err := store.Nodes.List(ctx, s.Store); err == nil {
+		st.Nodes = len(nodes)
+	}
+	code := http.StatusOK
+	if st.Store != "ok" {
+		code = http.StatusServiceUnavailable
+	}
+	writeJSON(w, code, st)
+}
+
+// wantsYAML reports whether a request body is YAML rather than JSON.
+func wantsYAML(r *http.Request) bool {
+	ct := r.Header.Get("Content-Type")
+	return strings.Contains(ct, "yaml")
+}

@@ -1,0 +1,269 @@
+// Package client is the Go client of berth's API, used by the CLI, the
+// agent and (later) the gateway.
+package client
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"berth/api"
+)
+
+// Client talks to one berth server.
+type Client struct {
+	base  string
+	token string
+	http  *http.Client
+}
+
+// New returns a client of the server at addr (http://host:port or host:port).
+func New(addr, token string) *Client {
+	if !strings.Contains(addr, "://") {
+		addr = "http://" + addr
+	}
+	tr := &http.Transport{
+		DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		MaxIdleConnsPerHost: 32,
+		IdleConnTimeout:     90 * time.Second,
+	}
+	return &Client{base: strings.TrimRight(addr, "/"), token: token, http: &http.Client{Transport: tr}}
+}
+
+// Addr is the server's base URL.
+func (c *Client) Addr() string { return c.base }
+
+// Error is an error answer of the API.
+type Error struct {
+	Status  int
+	Message string
+	Field   string
+}
+
+func (e *Error) Error() string { return e.Message }
+
+// IsStatus reports whether err is an API answer with the given HTTP status.
+func IsStatus(err error, status int) bool {
+	var e *Error
+	return errors.As(err, &e) && e.Status == status
+}
+
+func (c *Client) request(ctx context.Context, method, path string, body io.Reader, contentType string) (*http.Response, error) {
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Authorization", "Bearer "+c.token)
+	if contentType != "" {
+		req.Header.Set("Content-Type", contentType)
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("berth server at %s: %w", c.base, err)
+	}
+	if resp.StatusCode >= 300 {
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 64*1024))
+		var e api.Error
+		if json.Unmarshal(b, &e) != nil || e.Error == "" {
+			e.Error = fmt.Sprintf("%s %s: %s", method, path, resp.Status)
+		}
+		return nil, &Error{Status: resp.StatusCode, Message: e.Error, Field: e.Field}
+	}
+	return resp, nil
+}
+
+// do sends a JSON request (body may be nil) and decodes a JSON answer into out (may be nil).
+func (c *Client) do(ctx context.Context, method, path string, body, out any) error {
+	var rd io.Reader
+	ct := ""
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return err
+		}
+		rd, ct = bytes.NewReader(b), "application/json"
+	}
+	resp, err := c.request(ctx, method, path, rd, ct)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if out == nil {
+		_, _ = io.Copy(io.Discard, resp.Body)
+		return nil
+	}
+	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+		return fmt.Errorf("%s %s: decode answer: %w", method, path, err)
+	}
+	return nil
+}
+
+func (c *Client) Status(ctx context.Context) (api.ServerStatus, error) {
+	var st api.ServerStatus
+	return st, c.do(ctx, "GET", "/v1/status", nil, &st)
+}
+
+func (c *Client) ListApps(ctx context.Context) (api.List[api.App], error) {
+	var l api.List[api.App]
+	return l, c.do(ctx, "GET", "/v1/apps", nil, &l)
+}
+
+func (c *Client) GetApp(ctx context.Context, name string) (api.App, error) {
+	var a api.App
+	return a, c.do(ctx, "GET", "/v1/apps/"+url.PathEscape(name), nil, &a)
+}
+
+// DeployYAML sends an app spec as YAML (or JSON); the server validates it.
+func (c *Client) DeployYAML(ctx context.Context, name string, spec []byte) (api.App, error) {
+	var a api.App
+	resp, err := c.request(ctx, "PUT", "/v1/apps/"+url.PathEscape(name), bytes.NewReader(spec), "application/yaml")
+	if err != nil {
+		return a, err
+	}
+	defer resp.Body.Close()
+	return a, json.NewDecoder(resp.Body).Decode(&a)
+}
+
+func (c *Client) Deploy(ctx context.Context, spec api.AppSpec) (api.App, error) {
+	var a api.App
+	return a, c.do(ctx, "PUT", "/v1/apps/"+url.PathEscape(spec.Name), spec, &a)
+}
+
+func (c *Client) DeleteApp(ctx context.Context, name string) (api.App, error) {
+	var a api.App
+	return a, c.do(ctx, "DELETE", "/v1/apps/"+url.PathEscape(name), nil, &a)
+}
+
+func (c *Client) Scale(ctx context.Context, name string, replicas int) (api.App, error) {
+	var a api.App
+	return a, c.do(ctx, "POST", "/v1/apps/"+url.PathEscape(name)+"/scale", api.ScaleRequest{Replicas: replicas}, &a)
+}
+
+// AppLogs streams the output of the app's instances, one "instance | line" per line.
+func (c *Client) AppLogs(ctx context.Context, name string, follow bool, tail int) (io.ReadCloser, error) {
+	q := url.Values{}
+	if follow {
+		q.Set("follow", "true")
+	}
+	if tail >= 0 {
+		q.Set("tail", fmt.Sprint(tail))
+	}
+	resp, err := c.request(ctx, "GET", "/v1/apps/"+url.PathEscape(name)+"/logs?"+q.Encode(), nil, "")
+	if err != nil {
+		return nil, err
+	}
+	return resp.Body, nil
+}
+
+// InstanceFilter selects instances by app and/or node ("" = any).
+type InstanceFilter struct{ App, Node string }
+
+func (f InstanceFilter) query() url.Values {
+	q := url.Values{}
+	if f.App != "" {
+		q.Set("app", f.App)
+	}
+	if f.Node != "" {
+		q.Set("node", f.Node)
+	}
+	return q
+}
+
+func (c *Client) ListInstances(ctx context.Context, f InstanceFilter) (api.List[api.Instance], error) {
+	var l api.List[api.Instance]
+	return l, c.do(ctx, "GET", "/v1/instances?"+f.query().Encode(), nil, &l)
+}
+
+func (c *Client) WatchInstances(ctx context.Context, f InstanceFilter, rev int64) (<-chan api.WatchEvent[api.Instance], <-chan error) {
+	q := f.query()
+	return watch[api.Instance](ctx, c, "/v1/instances", q, rev)
+}
+
+func (c *Client) ReportStatus(ctx context.Context, instance string, st api.Status) error {
+	return c.do(ctx, "PUT", "/v1/instances/"+url.PathEscape(instance)+"/status", st, nil)
+}
+
+// DeleteInstance tells the server a retired instance's container is gone.
+func (c *Client) DeleteInstance(ctx context.Context, instance string) error {
+	return c.do(ctx, "DELETE", "/v1/instances/"+url.PathEscape(instance), nil, nil)
+}
+
+func (c *Client) ListNodes(ctx context.Context) (api.List[api.Node], error) {
+	var l api.List[api.Node]
+	return l, c.do(ctx, "GET", "/v1/nodes", nil, &l)
+}
+
+// PutNode registers a node or renews its heartbeat.
+func (c *Client) PutNode(ctx context.Context, n api.Node) (api.Node, error) {
+	var out api.Node
+	return out, c.do(ctx, "PUT", "/v1/nodes/"+url.PathEscape(n.Name), n, &out)
+}
+
+func (c *Client) ListEvents(ctx context.Context, app string, limit int) (api.List[api.Event], error) {
+	q := url.Values{}
+	if app != "" {
+		q.Set("app", app)
+	}
+	if limit > 0 {
+		q.Set("limit", fmt.Sprint(limit))
+	}
+	var l api.List[api.Event]
+	return l, c.do(ctx, "GET", "/v1/events?"+q.Encode(), nil, &l)
+}
+
+func (c *Client) WatchEvents(ctx context.Context, app string, rev int64) (<-chan api.WatchEvent[api.Event], <-chan error) {
+	q := url.Values{}
+	if app != "" {
+		q.Set("app", app)
+	}
+	return watch[api.Event](ctx, c, "/v1/events", q, rev)
+}
+
+// watch streams NDJSON watch events after rev. The event channel closes when
+// the stream ends; the error channel then holds why (a 410 *Error when rev
+// was compacted: list again).
+func watch[T any](ctx context.Context, c *Client, path string, q url.Values, rev int64) (<-chan api.WatchEvent[T], <-chan error) {
+	out := make(chan api.WatchEvent[T], 64)
+	errc := make(chan error, 1)
+	q.Set("watch", "true")
+	q.Set("revision", fmt.Sprint(rev))
+	go func() {
+		defer close(out)
+		resp, err := c.request(ctx, "GET", path+"?"+q.Encode(), nil, "")
+		if err != nil {
+			errc <- err
+			return
+		}
+		defer resp.Body.Close()
+		sc := bufio.NewScanner(resp.Body)
+		sc.Buffer(make([]byte, 64*1024), 4*1024*1024)
+		for sc.Scan() {
+			var ev api.WatchEvent[T]
+			if err := json.Unmarshal(sc.Bytes(), &ev); err != nil {
+				errc <- fmt.Errorf("watch %s: decode: %w", path, err)
+				return
+			}
+			select {
+			case out <- ev:
+			case <-ctx.Done():
+				return
+			}
+		}
+		err = sc.Err()
+		if err == nil {
+			err = io.EOF
+		}
+		errc <- fmt.Errorf("watch %s: stream ended: %w", path, err)
+	}()
+	return out, errc
+}

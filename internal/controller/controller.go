@@ -1,0 +1,226 @@
+// Package controller holds the server's reconcilers: level-triggered loops
+// that read the store, compare it with what is wanted and write the
+// difference. Any crash and restart converges to the same end.
+package controller
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"time"
+
+	"berth/api"
+	"berth/internal/scheduler"
+	"berth/internal/store"
+)
+
+// Controller converges instances to apps and places them on nodes.
+type Controller struct {
+	Store   *store.Store
+	Log     *slog.Logger
+	NodeTTL time.Duration
+	// Resync is how often a pass runs with no change seen.
+	Resync time.Duration
+}
+
+// Run reconciles on every change of apps, instances or nodes until ctx ends.
+func (c *Controller) Run(ctx context.Context) error {
+	if c.NodeTTL == 0 {
+		c.NodeTTL = 10 * time.Second
+	}
+	if c.Resync == 0 {
+		c.Resync = 2 * time.Second
+	}
+	kick := make(chan struct{}, 1)
+	trigger := func() {
+		select {
+		case kick <- struct{}{}:
+		default:
+		}
+	}
+	go watchKind(ctx, c.Store, store.Apps, trigger)
+	go watchKind(ctx, c.Store, store.Instances, trigger)
+	go watchKind(ctx, c.Store, store.Nodes, trigger)
+
+	tick := time.NewTicker(c.Resync)
+	defer tick.Stop()
+	for {
+		if err := c.Reconcile(ctx); err != nil && ctx.Err() == nil {
+			c.Log.Warn("reconcile", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-kick:
+		case <-tick.C:
+		}
+	}
+}
+
+// watchKind calls trigger on every change of a kind, re-watching after errors.
+func watchKind[T any](ctx context.Context, s *store.Store, kind store.Kind[T], trigger func()) {
+	for ctx.Err() == nil {
+		_, rev, err := kind.List(ctx, s)
+		if err != nil {
+			time.Sleep(time.Second)
+			continue
+		}
+		trigger() // something may have changed while not watching
+		events, errc := kind.Watch(ctx, s, rev)
+		for range events {
+			trigger()
+		}
+		select {
+		case <-errc:
+		default:
+		}
+	}
+}
+
+// Reconcile runs one pass over everything.
+func (c *Controller) Reconcile(ctx context.Context) error {
+	now := time.Now().UTC()
+	apps, _, err := store.Apps.List(ctx, c.Store)
+	if err != nil {
+		return err
+	}
+	instances, _, err := store.Instances.List(ctx, c.Store)
+	if err != nil {
+		return err
+	}
+	byApp := map[string][]api.Instance{}
+	for _, inst := range instances {
+		byApp[inst.App] = append(byApp[inst.App], inst)
+	}
+	var errs []error
+	for _, app := range apps {
+		if err := c.applyPlan(ctx, app, byApp[app.Spec.Name], now); err != nil {
+			errs = append(errs, fmt.Errorf("app %s: %w", app.Spec.Name, err))
+		}
+		delete(byApp, app.Spec.Name)
+	}
+	// Instances whose app record is gone (e.g. a crash mid-removal) are retired.
+	for name, insts := range byApp {
+		if err := c.applyPlan(ctx, api.App{Spec: api.AppSpec{Name: name}, Deleting: true}, insts, now); err != nil {
+			errs = append(errs, fmt.Errorf("orphaned instances of %s: %w", name, err))
+		}
+	}
+	if err := c.schedule(ctx, now); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+func (c *Controller) applyPlan(ctx context.Context, app api.App, insts []api.Instance, now time.Time) error {
+	p := PlanApp(app, insts, now)
+	var ops []store.Op
+	for _, inst := range p.Create {
+		ops = append(ops, store.Instances.Create(inst.Name, inst))
+	}
+	for _, inst := range insts {
+		reason, ok := p.Retire[inst.Name]
+		if !ok {
+			continue
+		}
+		inst.Desired, inst.StopReason = api.DesiredStop, reason
+		if inst.Node == "" {
+			// Never placed: nothing runs, the record can go now.
+			ops = append(ops, store.Instances.Delete(inst.Name, inst.Version))
+		} else {
+			ops = append(ops, store.Instances.Put(inst.Name, inst, inst.Version))
+		}
+		ev, err := c.Store.AppendEvent(ctx, api.Event{Kind: "retired", App: inst.App, Instance: inst.Name, Node: inst.Node, Message: reason})
+		if err != nil {
+			return err
+		}
+		ops = append(ops, ev)
+	}
+	if p.DeleteApp && app.Version != 0 {
+		ops = append(ops, store.Apps.Delete(app.Spec.Name, app.Version))
+		ev, err := c.Store.AppendEvent(ctx, api.Event{Kind: "removed", App: app.Spec.Name, Message: "app removed"})
+		if err != nil {
+			return err
+		}
+		ops = append(ops, ev)
+	}
+	if len(ops) == 0 {
+		return nil
+	}
+	if len(p.Create) > 0 || len(p.Retire) > 0 {
+		c.Log.Info("converge app", "app", app.Spec.Name, "create", len(p.Create), "retire", len(p.Retire))
+	}
+	return c.writeInBatches(ctx, ops)
+}
+
+// writeInBatches writes ops in transactions of bounded size. A batch that
+// conflicts means someone changed the world meanwhile: it is dropped, and
+// the next pass plans again from what is there.
+func (c *Controller) writeInBatches(ctx context.Context, ops []store.Op) error {
+	const batch = 100 // etcd's default limit is 128 operations per transaction
+	for len(ops) > 0 {
+		n := min(len(ops), batch)
+		if _, err := c.Store.Txn(ctx, ops[:n]...); err != nil && !errors.Is(err, store.ErrConflict) && !errors.Is(err, store.ErrExists) {
+			return err
+		}
+		ops = ops[n:]
+	}
+	return nil
+}
+
+// schedule places every instance that wants to run and has no node.
+func (c *Controller) schedule(ctx context.Context, now time.Time) error {
+	instances, _, err := store.Instances.List(ctx, c.Store)
+	if err != nil {
+		return err
+	}
+	var pending, placed []api.Instance
+	byName := map[string]api.Instance{}
+	for _, inst := range instances {
+		switch {
+		case inst.Node != "":
+			placed = append(placed, inst)
+		case inst.Desired == api.DesiredRun:
+			pending = append(pending, inst)
+			byName[inst.Name] = inst
+		}
+	}
+	if len(pending) == 0 {
+		return nil
+	}
+	nodes, _, err := store.Nodes.List(ctx, c.Store)
+	if err != nil {
+		return err
+	}
+	for i := range nodes {
+		nodes[i].State = nodes[i].StateAt(now, c.NodeTTL)
+	}
+	sort.Slice(pending, func(a, b int) bool {
+		if !pending[a].Created.Equal(pending[b].Created) {
+			return pending[a].Created.Before(pending[b].Created)
+		}
+		return pending[a].Name < pending[b].Name
+	})
+	var ops []store.Op
+	for _, d := range scheduler.Schedule(pending, nodes, placed) {
+		inst := byName[d.Instance]
+		var ev api.Event
+		if d.Node != "" {
+			inst.Node, inst.Reason = d.Node, ""
+			ev = api.Event{Kind: "placed", App: inst.App, Instance: inst.Name, Node: d.Node, Message: fmt.Sprintf("cpu %s, memory %s", inst.Spec.Resources.CPU, inst.Spec.Resources.Memory)}
+		} else {
+			if inst.Reason == d.Reason {
+				continue // already said
+			}
+			inst.Reason = d.Reason
+			ev = api.Event{Kind: "unschedulable", App: inst.App, Instance: inst.Name, Message: d.Reason}
+		}
+		evOp, err := c.Store.AppendEvent(ctx, ev)
+		if err != nil {
+			return err
+		}
+		ops = append(ops, store.Instances.Put(inst.Name, inst, inst.Version), evOp)
+	}
+	return c.writeInBatches(ctx, ops)
+}

@@ -1,0 +1,155 @@
+package controller
+
+import (
+	"fmt"
+	"sort"
+	"time"
+
+	"berth/api"
+)
+
+// Plan is what one app needs done to its instances.
+type Plan struct {
+	Create    []api.Instance
+	Retire    map[string]string // instance name -> reason
+	DeleteApp bool              // app is being removed and nothing of it is left
+}
+
+// PlanApp compares an app with its instances and decides, without I/O,
+// which instances to create and which to retire. A rolling update surges by
+// one instance and never lets the number of healthy instances drop below
+// the replicas: a new instance starts, becomes healthy, then an old one is
+// retired. Unhealthy and broken old instances are retired at once.
+func PlanApp(app api.App, instances []api.Instance, now time.Time) Plan {
+	p := Plan{Retire: map[string]string{}}
+	var active []api.Instance
+	for _, inst := range instances {
+		if inst.Desired == api.DesiredRun {
+			active = append(active, inst)
+		}
+	}
+	if app.Deleting {
+		for _, inst := range active {
+			p.Retire[inst.Name] = "app removed"
+		}
+		p.DeleteApp = len(instances) == 0
+		return p
+	}
+
+	// Instances that stayed unhealthy past their retries are replaced.
+	kept := active[:0:0]
+	for _, inst := range active {
+		if inst.Status.Replace {
+			p.Retire[inst.Name] = "unhealthy past its retries: replaced"
+			continue
+		}
+		kept = append(kept, inst)
+	}
+	active = kept
+
+	var cur, old []api.Instance
+	healthy := 0
+	for _, inst := range active {
+		if inst.Revision == app.TemplateRevision {
+			cur = append(cur, inst)
+		} else {
+			old = append(old, inst)
+		}
+		if isHealthy(inst) {
+			healthy++
+		}
+	}
+	want := app.Spec.ReplicaCount()
+
+	// Old instances: broken ones go at once; healthy ones one at a time while
+	// more than the wanted number are healthy.
+	sortForRetirement(old)
+	for _, inst := range old {
+		switch {
+		case want == 0:
+			p.Retire[inst.Name] = "scaled to zero"
+		case !isHealthy(inst):
+			p.Retire[inst.Name] = fmt.Sprintf("replaced by revision %d", app.TemplateRevision)
+		case healthy > want:
+			p.Retire[inst.Name] = fmt.Sprintf("replaced by revision %d", app.TemplateRevision)
+			healthy--
+		}
+	}
+	remainingOld := 0
+	for _, inst := range old {
+		if _, gone := p.Retire[inst.Name]; !gone {
+			remainingOld++
+		}
+	}
+
+	// Current instances: scale down the surplus, least useful first.
+	if len(cur) > want {
+		sortForRetirement(cur)
+		for _, inst := range cur[:len(cur)-want] {
+			p.Retire[inst.Name] = "scaled down"
+		}
+		cur = cur[len(cur)-want:]
+	}
+
+	// Create what is missing; during a rolling update, one beyond the replicas at most.
+	missing := want - len(cur)
+	if remainingOld > 0 {
+		missing = min(missing, want+1-len(cur)-remainingOld)
+	}
+	if missing > 0 {
+		used := map[int]bool{}
+		for _, inst := range instances {
+			used[inst.Index] = true
+		}
+		next := 1
+		for range missing {
+			for used[next] {
+				next++
+			}
+			used[next] = true
+			p.Create = append(p.Create, NewInstance(app, next, now))
+		}
+	}
+	return p
+}
+
+// NewInstance is the record of a new instance of the app's current template.
+func NewInstance(app api.App, index int, now time.Time) api.Instance {
+	spec := app.Spec
+	spec.Replicas = nil // the template; replicas belong to the app
+	return api.Instance{
+		Name:     fmt.Sprintf("%s-%d", app.Spec.Name, index),
+		App:      app.Spec.Name,
+		Index:    index,
+		Revision: app.TemplateRevision,
+		Spec:     spec,
+		Desired:  api.DesiredRun,
+		Created:  now,
+		Status:   api.Status{State: api.StatePending},
+	}
+}
+
+func isHealthy(inst api.Instance) bool {
+	return inst.Status.Healthy && inst.Status.State == api.StateRunning
+}
+
+// sortForRetirement orders instances so that the ones to retire first come
+// first: not placed, then not healthy, then the highest index.
+func sortForRetirement(insts []api.Instance) {
+	rank := func(i api.Instance) int {
+		switch {
+		case i.Node == "":
+			return 0
+		case !isHealthy(i):
+			return 1
+		}
+		return 2
+	}
+	sort.SliceStable(insts, func(a, b int) bool {
+		ra, rb := rank(insts[a]), rank(insts[b])
+		if ra != rb {
+			return ra < rb
+		}
+		return insts[a].Index > insts[b].Index
+	})
+}

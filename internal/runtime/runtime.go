@@ -1,0 +1,96 @@
+// Package runtime is the agent's view of a container engine. The Docker
+// implementation lives in runtime/docker; runtime/fake serves unit tests.
+package runtime
+
+import (
+	"context"
+	"errors"
+	"io"
+	"time"
+)
+
+// Labels berth puts on every container it makes. They are how the agent
+// adopts its containers after a restart and never touches anyone else's.
+const (
+	LabelCluster  = "berth.cluster"
+	LabelNode     = "berth.node"
+	LabelApp      = "berth.app"
+	LabelInstance = "berth.instance"
+	LabelRevision = "berth.revision"
+)
+
+// ErrImageNotFound means the image is not present locally and could not be pulled.
+var ErrImageNotFound = errors.New("image not found")
+
+// ErrNotFound means the container does not exist (any more).
+var ErrNotFound = errors.New("container not found")
+
+// Info describes the engine's host.
+type Info struct {
+	CPUs        int   // logical CPUs
+	MemoryBytes int64 // total memory
+	Version     string
+}
+
+// ContainerSpec is everything needed to create one container.
+type ContainerSpec struct {
+	Name        string            // container name, unique on the engine
+	Image       string            //
+	Command     []string          // arguments; empty keeps the image's CMD
+	Env         map[string]string //
+	Hostname    string            // e.g. "hello-1.node1"
+	Port        int               // container TCP port published on HostIP:<ephemeral>; 0 = none
+	HostIP      string            // address the port is published on (127.0.0.1)
+	NanoCPUs    int64             //
+	MemoryBytes int64             //
+	PidsLimit   int64             //
+	Init        bool              // run a tiny init as pid 1
+	Labels      map[string]string //
+}
+
+// Container is the engine's view of one container.
+type Container struct {
+	ID         string
+	Name       string
+	Image      string
+	Labels     map[string]string
+	Running    bool
+	ExitCode   int
+	Error      string // the engine's error for the last start, if any
+	OOMKilled  bool
+	StartedAt  time.Time
+	FinishedAt time.Time
+	HostPort   int // published host port of the spec's Port; 0 when not running/published
+}
+
+// Event is a container lifecycle change seen on the engine.
+type Event struct {
+	ContainerID string
+	Action      string // "start", "die", "oom", "destroy"
+	Labels      map[string]string
+}
+
+// Runtime drives one container engine. All methods are safe for concurrent use.
+type Runtime interface {
+	Info(ctx context.Context) (Info, error)
+	// EnsureImage makes the image present locally, pulling it if needed.
+	// It returns an error wrapping ErrImageNotFound when it cannot.
+	EnsureImage(ctx context.Context, ref string) error
+	// List returns the containers (running or not) carrying all the given labels.
+	List(ctx context.Context, labels map[string]string) ([]Container, error)
+	Inspect(ctx context.Context, id string) (Container, error)
+	Create(ctx context.Context, spec ContainerSpec) (id string, err error)
+	Start(ctx context.Context, id string) error
+	// Stop sends SIGTERM, then SIGKILL after grace.
+	Stop(ctx context.Context, id string, grace time.Duration) error
+	// Remove removes the container, killing it if still running. A missing container is not an error.
+	Remove(ctx context.Context, id string) error
+	// Exec runs cmd inside the running container and returns its exit code.
+	Exec(ctx context.Context, id string, cmd []string) (int, error)
+	// Logs streams the container's stdout and stderr, demultiplexed, as lines.
+	// tail < 0 means all lines.
+	Logs(ctx context.Context, id string, follow bool, tail int) (io.ReadCloser, error)
+	// Events streams container events for containers carrying the given labels
+	// until ctx ends or the engine connection breaks (then errs yields the error).
+	Events(ctx context.Context, labels map[string]string) (<-chan Event, <-chan error)
+}

@@ -1,0 +1,342 @@
+// Package store keeps berth's records in etcd: typed get, list, watch and
+// compare-and-swap. It is the only package that imports etcd.
+package store
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"berth/api"
+
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+const root = "/berth/"
+
+var (
+	ErrNotFound  = errors.New("not found")
+	ErrExists    = errors.New("already exists")
+	ErrConflict  = errors.New("changed concurrently")
+	ErrCompacted = errors.New("revision compacted")
+	// ErrSkip, returned by an Update function, leaves the record as it is.
+	ErrSkip = errors.New("no change")
+)
+
+// Store is a typed view of etcd.
+type Store struct {
+	cli     *clientv3.Client
+	closers []func()
+
+	mu         sync.Mutex
+	eventLease clientv3.LeaseID
+	leaseUntil time.Time
+	eventSeq   uint64
+}
+
+// New wraps an etcd client.
+func New(cli *clientv3.Client) *Store { return &Store{cli: cli} }
+
+func (s *Store) Close() {
+	for i := len(s.closers) - 1; i >= 0; i-- {
+		s.closers[i]()
+	}
+}
+
+// Client exposes the etcd client for leader election and status.
+func (s *Store) Client() *clientv3.Client { return s.cli }
+
+// Kind is one type of record stored under one prefix.
+type Kind[T any] struct {
+	prefix  string
+	version func(*T) *int64 // the record's Version field
+}
+
+var (
+	Apps      = Kind[api.App]{"apps/", func(a *api.App) *int64 { return &a.Version }}
+	Instances = Kind[api.Instance]{"instances/", func(i *api.Instance) *int64 { return &i.Version }}
+	Nodes     = Kind[api.Node]{"nodes/", func(n *api.Node) *int64 { return &n.Version }}
+	Events    = Kind[api.Event]{"events/", func(e *api.Event) *int64 { return &e.Version }}
+)
+
+func (k Kind[T]) key(name string) string { return root + k.prefix + name }
+
+func (k Kind[T]) decode(value []byte, modRev int64) (T, error) {
+	var v T
+	if err := json.Unmarshal(value, &v); err != nil {
+		return v, fmt.Errorf("decode %s record: %w", k.prefix, err)
+	}
+	*k.version(&v) = modRev
+	return v, nil
+}
+
+// Get reads one record.
+func (k Kind[T]) Get(ctx context.Context, s *Store, name string) (T, error) {
+	var zero T
+	resp, err := s.cli.Get(ctx, k.key(name))
+	if err != nil {
+		return zero, fmt.Errorf("get %s%s: %w", k.prefix, name, err)
+	}
+	if len(resp.Kvs) == 0 {
+		return zero, fmt.Errorf("%s%s: %w", k.prefix, name, ErrNotFound)
+	}
+	return k.decode(resp.Kvs[0].Value, resp.Kvs[0].ModRevision)
+}
+
+// List reads all records of the kind and the store revision they were read at.
+func (k Kind[T]) List(ctx context.Context, s *Store) ([]T, int64, error) {
+	resp, err := s.cli.Get(ctx, root+k.prefix, clientv3.WithPrefix())
+	if err != nil {
+		return nil, 0, fmt.Errorf("list %s: %w", k.prefix, err)
+	}
+	items := make([]T, 0, len(resp.Kvs))
+	for _, kv := range resp.Kvs {
+		v, err := k.decode(kv.Value, kv.ModRevision)
+		if err != nil {
+			return nil, 0, err
+		}
+		items = append(items, v)
+	}
+	return items, resp.Header.Revision, nil
+}
+
+// Op is one write of a transaction: a condition and the change.
+type Op struct {
+	cmp    *clientv3.Cmp
+	op     clientv3.Op
+	desc   string
+	create bool
+}
+
+// Create writes a new record; the transaction fails if it exists.
+func (k Kind[T]) Create(name string, v T) Op {
+	key := k.key(name)
+	cmp := clientv3.Compare(clientv3.CreateRevision(key), "=", 0)
+	return Op{&cmp, clientv3.OpPut(key, mustJSON(v)), "create " + k.prefix + name, true}
+}
+
+// Put replaces a record read at version; the transaction fails if it changed since.
+func (k Kind[T]) Put(name string, v T, version int64) Op {
+	key := k.key(name)
+	cmp := clientv3.Compare(clientv3.ModRevision(key), "=", version)
+	return Op{&cmp, clientv3.OpPut(key, mustJSON(v)), "update " + k.prefix + name, false}
+}
+
+// Delete removes a record read at version; the transaction fails if it changed since.
+func (k Kind[T]) Delete(name string, version int64) Op {
+	key := k.key(name)
+	cmp := clientv3.Compare(clientv3.ModRevision(key), "=", version)
+	return Op{&cmp, clientv3.OpDelete(key), "delete " + k.prefix + name, false}
+}
+
+// Txn applies all ops or none. A failed condition returns ErrConflict
+// (or ErrExists for a Create of an existing record).
+func (s *Store) Txn(ctx context.Context, ops ...Op) (int64, error) {
+	if len(ops) == 0 {
+		return 0, nil
+	}
+	cmps := make([]clientv3.Cmp, 0, len(ops))
+	thens := make([]clientv3.Op, 0, len(ops))
+	for _, o := range ops {
+		if o.cmp != nil {
+			cmps = append(cmps, *o.cmp)
+		}
+		thens = append(thens, o.op)
+	}
+	resp, err := s.cli.Txn(ctx).If(cmps...).Then(thens...).Commit()
+	if err != nil {
+		return 0, fmt.Errorf("%s: %w", ops[0].desc, err)
+	}
+	if !resp.Succeeded {
+		if len(ops) == 1 && ops[0].create {
+			return 0, fmt.Errorf("%s: %w", ops[0].desc, ErrExists)
+		}
+		return 0, fmt.Errorf("%s: %w", ops[0].desc, ErrConflict)
+	}
+	return resp.Header.Revision, nil
+}
+
+// Update reads a record, applies fn and writes it back if nothing changed
+// in between, retrying on conflict. fn may be called several times.
+func (k Kind[T]) Update(ctx context.Context, s *Store, name string, fn func(*T) error, extra ...func(T) []Op) (T, error) {
+	for {
+		v, err := k.Get(ctx, s, name)
+		if err != nil {
+			return v, err
+		}
+		version := *k.version(&v)
+		if err := fn(&v); err != nil {
+			if errors.Is(err, ErrSkip) {
+				return v, nil
+			}
+			return v, err
+		}
+		ops := []Op{k.Put(name, v, version)}
+		for _, e := range extra {
+			ops = append(ops, e(v)...)
+		}
+		rev, err := s.Txn(ctx, ops...)
+		if errors.Is(err, ErrConflict) {
+			continue
+		}
+		if err != nil {
+			return v, err
+		}
+		*k.version(&v) = rev
+		return v, nil
+	}
+}
+
+// Event is one change seen by Watch.
+type Event[T any] struct {
+	Deleted  bool
+	Name     string
+	Object   T // the previous value for a delete, when known
+	Revision int64
+}
+
+// Watch streams changes of the kind after revision rev. The channel closes
+// when ctx ends or the watch fails; errc then says why (ErrCompacted when
+// rev is too old: list again).
+func (k Kind[T]) Watch(ctx context.Context, s *Store, rev int64) (<-chan Event[T], <-chan error) {
+	out := make(chan Event[T], 64)
+	errc := make(chan error, 1)
+	prefix := root + k.prefix
+	wch := s.cli.Watch(clientv3.WithRequireLeader(ctx), prefix, clientv3.WithPrefix(), clientv3.WithRev(rev+1), clientv3.WithPrevKV())
+	go func() {
+		defer close(out)
+		for resp := range wch {
+			if resp.CompactRevision != 0 {
+				errc <- fmt.Errorf("watch %s from %d: %w", k.prefix, rev, ErrCompacted)
+				return
+			}
+			if err := resp.Err(); err != nil {
+				if errors.Is(err, rpctypes.ErrCompacted) {
+					err = ErrCompacted
+				}
+				errc <- fmt.Errorf("watch %s: %w", k.prefix, err)
+				return
+			}
+			for _, ev := range resp.Events {
+				e := Event[T]{Name: string(ev.Kv.Key[len(prefix):]), Revision: ev.Kv.ModRevision}
+				var err error
+				if ev.Type == clientv3.EventTypeDelete {
+					e.Deleted = true
+					e.Revision = resp.Header.Revision
+					if ev.PrevKv != nil {
+						e.Object, err = k.decode(ev.PrevKv.Value, ev.PrevKv.ModRevision)
+					}
+				} else {
+					e.Object, err = k.decode(ev.Kv.Value, ev.Kv.ModRevision)
+				}
+				if err != nil {
+					errc <- err
+					return
+				}
+				select {
+				case out <- e:
+				case <-ctx.Done():
+					return
+				}
+			}
+		}
+		if ctx.Err() == nil {
+			errc <- fmt.Errorf("watch %s: closed", k.prefix)
+		}
+	}()
+	return out, errc
+}
+
+// eventTTL is how long events are kept.
+const eventTTL = 24 * time.Hour
+
+// AppendEvent returns an op that records an event; events expire after a day.
+// Events share one lease per hour so that expiry costs one lease, not one per event.
+func (s *Store) AppendEvent(ctx context.Context, e api.Event) (Op, error) {
+	lease, seq, err := s.eventLeaseAndSeq(ctx)
+	if err != nil {
+		return Op{}, err
+	}
+	if e.Time.IsZero() {
+		e.Time = time.Now().UTC()
+	}
+	// Keys sort by time; the sequence number keeps events of one instant apart.
+	key := Events.key(fmt.Sprintf("%020d-%06d", e.Time.UnixNano(), seq%1000000))
+	return Op{op: clientv3.OpPut(key, mustJSON(e), clientv3.WithLease(lease)), desc: "append event"}, nil
+}
+
+// RecordEvents writes events on their own.
+func (s *Store) RecordEvents(ctx context.Context, events ...api.Event) error {
+	ops := make([]Op, 0, len(events))
+	for _, e := range events {
+		op, err := s.AppendEvent(ctx, e)
+		if err != nil {
+			return err
+		}
+		ops = append(ops, op)
+	}
+	_, err := s.Txn(ctx, ops...)
+	return err
+}
+
+func (s *Store) eventLeaseAndSeq(ctx context.Context) (clientv3.LeaseID, uint64, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.eventSeq++
+	if s.eventLease != 0 && time.Now().Before(s.leaseUntil) {
+		return s.eventLease, s.eventSeq, nil
+	}
+	resp, err := s.cli.Grant(ctx, int64((eventTTL + time.Hour).Seconds()))
+	if err != nil {
+		return 0, 0, fmt.Errorf("grant event lease: %w", err)
+	}
+	s.eventLease, s.leaseUntil = resp.ID, time.Now().Add(time.Hour)
+	return s.eventLease, s.eventSeq, nil
+}
+
+// Status reports the store's health: its revision and database size.
+func (s *Store) Status(ctx context.Context) (rev int64, dbBytes int64, err error) {
+	for _, ep := range s.cli.Endpoints() {
+		st, err := s.cli.Status(ctx, ep)
+		if err != nil {
+			return 0, 0, err
+		}
+		return st.Header.Revision, st.DbSize, nil
+	}
+	resp, err := s.cli.Get(ctx, root+"-", clientv3.WithCountOnly())
+	if err != nil {
+		return 0, 0, err
+	}
+	return resp.Header.Revision, 0, nil
+}
+
+func mustJSON(v any) string {
+	b, err := json.Marshal(v)
+	if err != nil {
+		panic("store: marshal record: " + err.Error())
+	}
+	return string(b)
+}
+
+// ClusterID returns this cluster's id, creating it on first use. Every
+// container berth makes carries it, so that two clusters sharing one
+// engine never touch each other's containers.
+func (s *Store) ClusterID(ctx context.Context, newID func() string) (string, error) {
+	key := root + "cluster"
+	id := newID()
+	resp, err := s.cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
+		Then(clientv3.OpPut(key, id)).
+		Else(clientv3.OpGet(key)).Commit()
+	if err != nil {
+		return "", fmt.Errorf("cluster id: %w", err)
+	}
+	if resp.Succeeded {
+		return id, nil
+	}
+	return string(resp.Responses[0].GetResponseRange().Kvs[0].Value), nil
+}
