@@ -458,7 +458,7 @@ func (a *Agent) start(ctx context.Context, inst api.Instance, l *local, id strin
 	if err := a.report(ctx, inst.Name, l, st); err != nil {
 		return err
 	}
-	a.startProbe(ctx, inst, l, c.ID, st.Address, false)
+	a.startProbe(ctx, inst, l, c.ID, probeAddress(c, inst.Spec.Port, st.Address), false)
 	return nil
 }
 
@@ -478,7 +478,7 @@ func (a *Agent) adopt(ctx context.Context, inst api.Instance, l *local, c runtim
 		}
 	}
 	a.Log.Info("adopted", "instance", inst.Name, "container", c.ID[:12], "healthy", wasHealthy)
-	a.startProbe(ctx, inst, l, c.ID, st.Address, wasHealthy)
+	a.startProbe(ctx, inst, l, c.ID, probeAddress(c, inst.Spec.Port, st.Address), wasHealthy)
 	return nil
 }
 
@@ -539,6 +539,16 @@ func (a *Agent) address(c runtime.Container) string {
 		return ""
 	}
 	return net.JoinHostPort(a.Address, strconv.Itoa(c.HostPort))
+}
+
+// probeAddress is where health checks connect: the container itself when
+// its address is known, since the engine's port proxy accepts connections
+// even when nothing listens behind it.
+func probeAddress(c runtime.Container, port int, published string) string {
+	if c.IP != "" && port > 0 {
+		return net.JoinHostPort(c.IP, strconv.Itoa(port))
+	}
+	return published
 }
 
 func (l *local) current() api.Status {

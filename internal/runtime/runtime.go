@@ -22,6 +22,9 @@ const (
 // ErrImageNotFound means the image is not present locally and could not be pulled.
 var ErrImageNotFound = errors.New("image not found")
 
+// ErrConflict means a container of that name exists already.
+var ErrConflict = errors.New("container name already in use")
+
 // ErrNotFound means the container does not exist (any more).
 var ErrNotFound = errors.New("container not found")
 
@@ -61,6 +64,10 @@ type Container struct {
 	StartedAt  time.Time
 	FinishedAt time.Time
 	HostPort   int // published host port of the spec's Port; 0 when not running/published
+	// IP is the container's address on its network, reachable from its
+	// host: health checks go there, not through the engine's port proxy,
+	// which accepts connections even when nothing listens behind it.
+	IP string
 }
 
 // Event is a container lifecycle change seen on the engine.
