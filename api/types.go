@@ -104,9 +104,14 @@ type Status struct {
 	Updated     time.Time `json:"updated,omitempty"`
 }
 
+// Ready reports whether the instance is wanted, running and healthy.
+func (i *Instance) Ready() bool {
+	return i.Desired == DesiredRun && i.Status.Healthy && i.Status.State == StateRunning
+}
+
 // Routable reports whether traffic may be sent to the instance.
 func (i *Instance) Routable() bool {
-	return i.Desired == DesiredRun && i.Status.Healthy && i.Status.State == StateRunning && i.Status.Address != ""
+	return i.Ready() && i.Status.Address != ""
 }
 
 // Node is a Docker host with an agent.

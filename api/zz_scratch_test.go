@@ -1,39 +1,26 @@
 package api
 
 import (
-	"encoding/json"
 	"fmt"
-	"reflect"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
 	"testing"
 )
 
-func TestScratch4(t *testing.T) {
-	var bad []string
-	for r := rune(1); r < 0x110000; r++ {
-		if r >= 0xD800 && r <= 0xDFFF {
-			continue
-		}
-		in := fmt.Sprintf("name: a\nimage: b\nenv: {A: \"x\\U%08Xy\"}", r)
-		s, err := ParseAppSpec([]byte(in))
-		if err != nil {
-			bad = append(bad, fmt.Sprintf("parse1 %U", r))
-			continue
-		}
-		s.Default()
-		if s.Validate(0) != nil {
-			continue
-		}
-		js, _ := json.Marshal(s)
-		s2, err := ParseAppSpec(js)
-		if err != nil {
-			bad = append(bad, fmt.Sprintf("reparse %U: %v", r, err))
-			continue
-		}
-		if !reflect.DeepEqual(s, s2) {
-			bad = append(bad, fmt.Sprintf("differ %U: %q", r, s2.Env["A"]))
-		}
-	}
-	for _, b := range bad {
-		fmt.Println(b)
+func TestScratch5(t *testing.T) {
+	files, _ := filepath.Glob("/root/.cache/go-build/fuzz/berth/api/FuzzParseAppSpec/*")
+	for _, f := range files {
+		b, _ := os.ReadFile(f)
+		lines := strings.SplitN(string(b), "\n", 2)
+		q := strings.TrimSuffix(strings.TrimPrefix(strings.TrimSpace(lines[1]), "[]byte("), ")")
+		s, err := strconv.Unquote(q)
+		if err != nil { continue }
+		spec, err := ParseAppSpec([]byte(s))
+		if err != nil { continue }
+		spec.Default()
+		if spec.Validate(0) != nil { continue }
+		fmt.Printf("%d %s %q\n", len(s), filepath.Base(f), s)
 	}
 }

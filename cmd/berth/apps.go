@@ -153,7 +153,7 @@ func appsCmd(g *globals) *cobra.Command {
 			}
 			healthy := map[string]int{}
 			for _, inst := range insts.Items {
-				if inst.Routable() {
+				if inst.Ready() {
 					healthy[inst.App]++
 				}
 			}

@@ -35,7 +35,7 @@ func assess(app api.App, insts []api.Instance) rollout {
 			r.old++
 		default:
 			r.current++
-			if inst.Routable() {
+			if inst.Ready() {
 				r.healthy++
 			}
 			if r.failed != "" {

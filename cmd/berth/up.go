@@ -83,7 +83,7 @@ func runUp(parent context.Context, g *globals, o *upOptions) error {
 	}
 
 	started := time.Now()
-	st, err := store.OpenEmbedded(ctx, g.dataDir)
+	st, err := store.OpenEmbedded(ctx, g.dataDir, log)
 	if err != nil {
 		return err
 	}

@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/url"
 	"path/filepath"
@@ -16,11 +17,11 @@ import (
 // OpenEmbedded starts a single-member etcd with its data in dir and returns
 // a Store on it. The member listens on free loopback ports: berth talks to
 // it in-process, so nothing else needs to find it.
-func OpenEmbedded(ctx context.Context, dir string) (*Store, error) {
+func OpenEmbedded(ctx context.Context, dir string, log *slog.Logger) (*Store, error) {
 	cfg := embed.NewConfig()
 	cfg.Name = "berth"
 	cfg.Dir = filepath.Join(dir, "etcd")
-	cfg.LogLevel = "error"
+	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(etcdLogger(log))
 	// Small snapshots and a revision-based compaction keep memory flat.
 	cfg.SnapshotCount = 10000
 	cfg.AutoCompactionMode = "revision"
