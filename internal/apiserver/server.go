@@ -51,19 +51,9 @@ func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })
 	v1 := http.NewServeMux()
-	v1.HandleFunc("GET /v1/status", s.status)
-	v1.HandleFunc("GET /v1/apps", s.listApps)
-	v1.HandleFunc("GET /v1/apps/{name}", s.getApp)
-	v1.HandleFunc("PUT /v1/apps/{name}", s.putApp)
-	v1.HandleFunc("DELETE /v1/apps/{name}", s.deleteApp)
-	v1.HandleFunc("POST /v1/apps/{name}/scale", s.scaleApp)
-	v1.HandleFunc("GET /v1/apps/{name}/logs", s.appLogs)
-	v1.HandleFunc("GET /v1/instances", s.listInstances)
-	v1.HandleFunc("PUT /v1/instances/{name}/status", s.putInstanceStatus)
-	v1.HandleFunc("DELETE /v1/instances/{name}", s.deleteInstance)
-	v1.HandleFunc("GET /v1/nodes", s.listNodes)
-	v1.HandleFunc("PUT /v1/nodes/{name}", s.putNode)
-	v1.HandleFunc("GET /v1/events", s.listEvents)
+	for _, rt := range s.routes() {
+		v1.HandleFunc(rt.pattern, rt.handler)
+	}
 	v1.HandleFunc("/v1/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "", "no such endpoint: %s %s", r.Method, r.URL.Path)
 	})
@@ -72,6 +62,30 @@ func (s *Server) Handler() http.Handler {
 		writeError(w, http.StatusNotFound, "", "no such endpoint: %s %s", r.Method, r.URL.Path)
 	})
 	return mux
+}
+
+type route struct {
+	pattern string // "METHOD /path", as documented in docs/api.md
+	handler http.HandlerFunc
+}
+
+// routes are the authenticated endpoints.
+func (s *Server) routes() []route {
+	return []route{
+		{"GET /v1/status", s.status},
+		{"GET /v1/apps", s.listApps},
+		{"GET /v1/apps/{name}", s.getApp},
+		{"PUT /v1/apps/{name}", s.putApp},
+		{"DELETE /v1/apps/{name}", s.deleteApp},
+		{"POST /v1/apps/{name}/scale", s.scaleApp},
+		{"GET /v1/apps/{name}/logs", s.appLogs},
+		{"GET /v1/instances", s.listInstances},
+		{"PUT /v1/instances/{name}/status", s.putInstanceStatus},
+		{"DELETE /v1/instances/{name}", s.deleteInstance},
+		{"GET /v1/nodes", s.listNodes},
+		{"PUT /v1/nodes/{name}", s.putNode},
+		{"GET /v1/events", s.listEvents},
+	}
 }
 
 func (s *Server) authenticate(next http.Handler) http.Handler {
