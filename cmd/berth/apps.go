@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"os"
@@ -11,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"berth/api"
+	"berth/internal/client"
 )
 
 func deployCmd(g *globals) *cobra.Command {
@@ -55,15 +57,27 @@ new revision (exit 0) or the rollout fails (non-zero, with the reason).`,
 				return err
 			}
 			ctx := cmd.Context()
+			since, err := latestRevision(ctx, cl) // progress is what happens from now on
+			if err != nil {
+				return err
+			}
+			before, err := cl.GetApp(ctx, spec.Name)
+			if err != nil && !client.IsStatus(err, 404) {
+				return err
+			}
 			app, err := cl.DeployYAML(ctx, spec.Name, data)
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "%s: revision %d accepted (%s, %d replicas)\n", spec.Name, app.Revision, app.Spec.Image, app.Spec.ReplicaCount())
+			if app.Revision == before.Revision {
+				fmt.Fprintf(cmd.OutOrStdout(), "%s: unchanged (revision %d)\n", spec.Name, app.Revision)
+			} else {
+				fmt.Fprintf(cmd.OutOrStdout(), "%s: revision %d accepted (%s, %d replicas)\n", spec.Name, app.Revision, app.Spec.Image, app.Spec.ReplicaCount())
+			}
 			if detach {
 				return nil
 			}
-			return follow(ctx, cl, cmd.OutOrStdout(), spec.Name, app.Version-1, false, timeout)
+			return follow(ctx, cl, cmd.OutOrStdout(), spec.Name, since, false, timeout)
 		},
 	}
 	cmd.Flags().StringVarP(&file, "file", "f", "", "app spec file (YAML or JSON; - for stdin)")
@@ -89,6 +103,10 @@ func scaleCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			since, err := latestRevision(cmd.Context(), cl)
+			if err != nil {
+				return err
+			}
 			app, err := cl.Scale(cmd.Context(), args[0], n)
 			if err != nil {
 				return err
@@ -97,7 +115,7 @@ func scaleCmd(g *globals) *cobra.Command {
 			if detach {
 				return nil
 			}
-			return follow(cmd.Context(), cl, cmd.OutOrStdout(), args[0], app.Version-1, false, timeout)
+			return follow(cmd.Context(), cl, cmd.OutOrStdout(), args[0], since, false, timeout)
 		},
 	}
 	cmd.Flags().BoolVarP(&detach, "detach", "d", false, "return once the change is accepted")
@@ -117,15 +135,18 @@ func rmCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			app, err := cl.DeleteApp(cmd.Context(), args[0])
+			since, err := latestRevision(cmd.Context(), cl)
 			if err != nil {
+				return err
+			}
+			if _, err := cl.DeleteApp(cmd.Context(), args[0]); err != nil {
 				return err
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "%s: removing\n", args[0])
 			if detach {
 				return nil
 			}
-			return follow(cmd.Context(), cl, cmd.OutOrStdout(), args[0], app.Version-1, true, timeout)
+			return follow(cmd.Context(), cl, cmd.OutOrStdout(), args[0], since, true, timeout)
 		},
 	}
 	cmd.Flags().BoolVarP(&detach, "detach", "d", false, "return once removal has begun")
@@ -173,6 +194,12 @@ func appsCmd(g *globals) *cobra.Command {
 			return tw.Flush()
 		},
 	}
+}
+
+// latestRevision is the store's current revision, to follow from now on.
+func latestRevision(ctx context.Context, cl *client.Client) (int64, error) {
+	l, err := cl.ListEvents(ctx, "", 1)
+	return l.Revision, err
 }
 
 // age prints how long ago t was, the way ps does.

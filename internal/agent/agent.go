@@ -412,6 +412,12 @@ func (a *Agent) create(ctx context.Context, inst api.Instance, l *local) error {
 		Init:        spec.Init == nil || *spec.Init,
 		Labels:      a.containerLabels(inst),
 	})
+	if errors.Is(err, runtime.ErrConflict) {
+		// The container exists after all (made by a worker before a crash);
+		// the next pass adopts it.
+		a.queue.AddAfter(inst.Name, 100*time.Millisecond)
+		return nil
+	}
 	if err != nil {
 		return a.fail(ctx, inst, l, fmt.Sprintf("create container: %v", err))
 	}
