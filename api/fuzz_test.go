@@ -1,7 +1,6 @@
 package api
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -50,9 +49,6 @@ func FuzzParseAppSpec(f *testing.F) {
 		if err == nil && !reflect.DeepEqual(emptyToNil(again), emptyToNil(spec)) {
 			err = fmt.Errorf("round trip changed the spec:\nfirst %+v\nagain %+v", spec, again)
 		}
-		if err != nil && bytes.ContainsFunc(js, yamlUnsafe) {
-			t.Skipf("KNOWN BUG (Validate accepts characters YAML cannot read back): json %q: %v", js, err)
-		}
 		if err != nil {
 			t.Fatalf("the JSON of a valid spec does not parse back:\ninput %q\njson  %s\nerror %v", data, js, err)
 		}
@@ -68,16 +64,6 @@ func FuzzParseAppSpec(f *testing.F) {
 	})
 }
 
-// yamlUnsafe reports the characters that encoding/json writes as they are
-// but YAML cannot read back: DEL and the C1 controls are refused ("control
-// characters are not allowed"), except NEL (U+0085), which YAML reads as a
-// line break and folds into a space; U+FFFE and U+FFFF are refused too.
-// A double-quoted YAML escape ("\x80", "\N") gets them into a spec, and
-// Validate only rejects NUL, so such a valid spec cannot be re-applied from
-// its own JSON. Once Validate rejects them this skip is unreachable.
-func yamlUnsafe(r rune) bool {
-	return (r >= 0x7f && r <= 0x9f) || r == 0xfffe || r == 0xffff
-}
 
 func mustBeFieldError(t *testing.T, err error) {
 	t.Helper()

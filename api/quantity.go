@@ -42,7 +42,7 @@ func (c MilliCPU) MarshalJSON() ([]byte, error) { return json.Marshal(c.String()
 func (c *MilliCPU) UnmarshalJSON(b []byte) error {
 	s, err := stringOrNumber(b)
 	if err != nil {
-		return err
+		return ownTypeError(err, c)
 	}
 	v, err := ParseMilliCPU(s)
 	if err != nil {
@@ -101,7 +101,7 @@ func (b Bytes) MarshalJSON() ([]byte, error) { return json.Marshal(b.String()) }
 func (b *Bytes) UnmarshalJSON(data []byte) error {
 	s, err := stringOrNumber(data)
 	if err != nil {
-		return err
+		return ownTypeError(err, b)
 	}
 	v, err := ParseBytes(s)
 	if err != nil {

@@ -6,11 +6,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"reflect"
 	"regexp"
 	"sort"
 	"strings"
 	"time"
 
+	yamlv3 "gopkg.in/yaml.v3"
 	"sigs.k8s.io/yaml"
 )
 
@@ -62,6 +64,9 @@ func ParseAppSpec(data []byte) (AppSpec, error) {
 	if len(bytes.TrimSpace(data)) == 0 {
 		return spec, fieldErr("", "empty spec")
 	}
+	if err := singleDocument(data); err != nil {
+		return spec, err
+	}
 	js, err := yaml.YAMLToJSONStrict(data)
 	if err != nil {
 		return spec, fieldErr("", "malformed YAML: %v", strings.TrimPrefix(err.Error(), "error converting YAML to JSON: "))
@@ -75,6 +80,9 @@ func ParseAppSpec(data []byte) (AppSpec, error) {
 // DecodeStrict decodes one JSON value into v, rejecting unknown fields and
 // trailing data, and turns decoding failures into FieldErrors.
 func DecodeStrict(data []byte, v any) error {
+	if err := checkJSONKeys(data, reflect.TypeOf(v)); err != nil {
+		return err
+	}
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
@@ -102,6 +110,27 @@ func decodeError(err error) error {
 		return fieldErr(name, "unknown field")
 	}
 	return fieldErr("", "%v", err)
+}
+
+// singleDocument rejects a file of several YAML documents, which would
+// otherwise be read as its first one alone.
+func singleDocument(data []byte) error {
+	dec := yamlv3.NewDecoder(bytes.NewReader(data))
+	docs := 0
+	for {
+		var node yamlv3.Node
+		err := dec.Decode(&node)
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return nil // the converter reports the syntax error
+		}
+		if docs++; docs > 1 {
+			return fieldErr("", "the file holds several YAML documents; one app spec per file")
+		}
+	}
+	return nil
 }
 
 func kindName(k string) string {
@@ -196,16 +225,16 @@ func (s *AppSpec) Validate(maxMemory Bytes) error {
 		return fieldErr("stop_grace", "%s is out of range 0s-1h", s.StopGrace)
 	}
 	for i, a := range s.Command {
-		if strings.ContainsRune(a, 0) {
-			return fieldErr(fmt.Sprintf("command[%d]", i), "contains a NUL byte")
+		if err := plainText(fmt.Sprintf("command[%d]", i), a); err != nil {
+			return err
 		}
 	}
 	for _, k := range sortedKeys(s.Env) {
 		if !envName.MatchString(k) {
 			return fieldErr("env."+k, "%q is not a valid environment variable name", k)
 		}
-		if strings.ContainsRune(s.Env[k], 0) {
-			return fieldErr("env."+k, "contains a NUL byte")
+		if err := plainText("env."+k, s.Env[k]); err != nil {
+			return err
 		}
 	}
 	for _, k := range sortedKeys(s.Labels) {
@@ -214,6 +243,9 @@ func (s *AppSpec) Validate(maxMemory Bytes) error {
 		}
 		if len(s.Labels[k]) > 1024 {
 			return fieldErr("labels."+k, "value is longer than 1024 characters")
+		}
+		if err := plainText("labels."+k, s.Labels[k]); err != nil {
+			return err
 		}
 	}
 	if h := s.Health; h != nil {
@@ -231,12 +263,20 @@ func (h *Health) validate(port int) error {
 		if !strings.HasPrefix(h.HTTP, "/") || strings.ContainsAny(h.HTTP, " \t\r\n") {
 			return fieldErr("health.http", "%q is not a path starting with /", h.HTTP)
 		}
+		if err := plainText("health.http", h.HTTP); err != nil {
+			return err
+		}
 	}
 	if h.TCP {
 		kinds++
 	}
 	if len(h.Exec) > 0 {
 		kinds++
+		for i, a := range h.Exec {
+			if err := plainText(fmt.Sprintf("health.exec[%d]", i), a); err != nil {
+				return err
+			}
+		}
 	}
 	switch {
 	case kinds == 0:
@@ -250,9 +290,20 @@ func (h *Health) validate(port int) error {
 	case h.Timeout != nil && (h.Timeout.D() < 10*time.Millisecond || h.Timeout.D() > time.Hour):
 		return fieldErr("health.timeout", "%s is out of range 10ms-1h", h.Timeout)
 	case h.Retries < 0 || h.Retries > 100:
-		return fieldErr("health.retries", "%d is out of range 1-100", h.Retries)
+		return fieldErr("health.retries", "%d is out of range 0-100 (0: the default)", h.Retries)
 	case h.StartPeriod != nil && (*h.StartPeriod < 0 || h.StartPeriod.D() > time.Hour):
 		return fieldErr("health.start_period", "%s is out of range 0s-1h", h.StartPeriod)
+	}
+	return nil
+}
+
+// plainText rejects NUL and the control characters that YAML cannot carry,
+// so that every stored spec can be written back as YAML or JSON and read again.
+func plainText(field, v string) error {
+	for _, r := range v {
+		if r == 0 || (r >= 0x7f && r <= 0x9f) || r == 0xfffe || r == 0xffff {
+			return fieldErr(field, "contains the control character %U", r)
+		}
 	}
 	return nil
 }

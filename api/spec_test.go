@@ -181,7 +181,7 @@ func TestSpecErrors(t *testing.T) {
 		{name: "cpu too large", in: base + "resources: {cpu: 2000}", field: "resources.cpu", msg: "out of range"},
 		// Known gap: a value of the wrong JSON kind for cpu or memory loses
 		// its field (stringOrNumber's error is not an ownTypeError).
-		{name: "cpu list", in: base + "resources: {cpu: [1]}", field: "", msg: "string or a number"},
+		{name: "cpu list", in: base + "resources: {cpu: [1]}", field: "resources.cpu", msg: "string or a number"},
 		{name: "memory 1Mi", in: base + "resources: {memory: 1Mi}", field: "resources.memory", msg: "below the minimum of 4Mi"},
 		{name: "memory fraction", in: base + "resources: {memory: 1.5Gi}", field: "resources.memory", msg: `memory "1.5Gi"`},
 		{name: "memory overflow", in: base + "resources: {memory: 9000000000Ti}", field: "resources.memory", msg: "too large"},
@@ -206,12 +206,12 @@ func TestSpecErrors(t *testing.T) {
 		// Known gap: a nested unknown field is named without its path
 		// ("grpc", not "health.grpc"): decodeError only sees the JSON
 		// decoder's message, which has no path.
-		{name: "health unknown field", in: base + "health: {grpc: true}", field: "grpc", msg: "unknown field"},
-		{name: "command NUL", in: base + "command: [ok, \"a\\0b\"]", field: "command[1]", msg: "NUL"},
+		{name: "health unknown field", in: base + "health: {grpc: true}", field: "health.grpc", msg: "unknown field"},
+		{name: "command NUL", in: base + "command: [ok, \"a\\0b\"]", field: "command[1]", msg: "control character U+0000"},
 		{name: "command not a list", in: base + "command: 5", field: "command", msg: "want a list"},
 		{name: "env name invalid", in: base + "env: {1BAD: x}", field: "env.1BAD", msg: "not a valid environment variable name"},
 		{name: "env name with dash", in: base + "env: {A-B: x}", field: "env.A-B", msg: "not a valid environment variable name"},
-		{name: "env value NUL", in: base + "env: {A: \"\\0\"}", field: "env.A", msg: "NUL"},
+		{name: "env value NUL", in: base + "env: {A: \"\\0\"}", field: "env.A", msg: "control character U+0000"},
 		{name: "env value a list", in: base + "env: {A: [1]}", field: "env", msg: "want a string"},
 		{name: "label reserved prefix", in: base + "labels: {berth.role: x}", field: "labels.berth.role", msg: "reserved"},
 		{name: "label name invalid", in: base + "labels: {-x: z}", field: "labels.-x", msg: "not a valid label name"},
@@ -403,28 +403,26 @@ func TestSameTemplate(t *testing.T) {
 	}
 }
 
-// TestStrictness holds inputs that ParseAppSpec should reject but does not
-// yet. Each subtest skips while the gap is there and starts enforcing once
-// it is fixed.
+// TestStrictness: inputs that a lenient parser would quietly accept.
 func TestStrictness(t *testing.T) {
 	tests := []struct {
-		name, in, why string
+		name, in, field, msg string
 	}{
-		{
-			name: "key differing only in case",
-			in:   "name: hello\nimage: x\nNAME: other",
-			why:  "encoding/json matches field names case-insensitively, so NAME is neither unknown nor a duplicate; the key that sorts last wins",
-		},
-		{
-			name: "second YAML document",
-			in:   "name: hello\nimage: x\n---\nname: other\nimage: y",
-			why:  "YAMLToJSON reads the first document only and drops the rest",
-		},
+		{"key differing only in case", "name: hello\nimage: x\nNAME: other", "NAME", `did you mean "name"`},
+		{"nested key differing in case", "name: hello\nimage: x\nresources: {CPU: 1}", "resources.CPU", `did you mean "resources.cpu"`},
+		{"second YAML document", "name: hello\nimage: x\n---\nname: other\nimage: y", "", "several YAML documents"},
+		{"control character in a label", "name: hello\nimage: x\nlabels: {a: \"\\x85\"}", "labels.a", "U+0085"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if _, err := ParseAppSpec([]byte(tt.in)); err == nil {
-				t.Skipf("known gap, accepted: %s", tt.why)
+			spec, err := ParseAppSpec([]byte(tt.in))
+			if err == nil {
+				spec.Default()
+				err = spec.Validate(0)
+			}
+			var fe *FieldError
+			if !errors.As(err, &fe) || fe.Field != tt.field || !strings.Contains(fe.Message, tt.msg) {
+				t.Fatalf("error = %#v, want field %q with %q", err, tt.field, tt.msg)
 			}
 		})
 	}
