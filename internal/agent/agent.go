@@ -163,6 +163,7 @@ func (a *Agent) heartbeat(ctx context.Context) {
 func (a *Agent) follow(ctx context.Context) {
 	a.Client.FollowInstances(ctx, client.InstanceFilter{Node: a.Node}, func(all map[string]api.Instance, changed []string) {
 		a.mu.Lock()
+		prev := a.insts
 		a.insts = make(map[string]api.Instance, len(all))
 		for k, v := range all {
 			a.insts[k] = v
@@ -171,12 +172,24 @@ func (a *Agent) follow(ctx context.Context) {
 		a.synced = true
 		a.mu.Unlock()
 		for _, name := range changed {
-			a.queue.Add(name)
+			// Most changes are the echo of our own status reports; they
+			// need no work, and skipping them spares the engine a lookup.
+			old, had := prev[name]
+			cur, has := all[name]
+			if first || had != has || !sameIntent(old, cur) {
+				a.queue.Add(name)
+			}
 		}
 		if first {
 			a.sweep(ctx) // adopt or clean up what the engine already runs
 		}
 	})
+}
+
+// sameIntent reports whether two versions of an instance ask the same of
+// the agent: only its status, which the agent itself reports, differs.
+func sameIntent(a, b api.Instance) bool {
+	return a.Node == b.Node && a.Desired == b.Desired && a.Revision == b.Revision && a.StopReason == b.StopReason
 }
 
 // watchEngine turns container events into work, reconnecting with backoff

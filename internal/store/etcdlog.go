@@ -14,6 +14,15 @@ func etcdLogger(log *slog.Logger) *zap.Logger {
 	return zap.New(&slogCore{log: log.With("component", "etcd")})
 }
 
+// quietEtcdMessages are logged by etcd on every normal start or stop of a
+// single embedded member and say nothing to a berth user.
+var quietEtcdMessages = map[string]bool{
+	"setting up serving from embedded etcd failed.":                                        true, // listeners closing at shutdown
+	"stopping insecure grpc server due to error":                                           true, // the same
+	"Running http and grpc server on single port. This is not recommended for production.": true,
+	"simple token is not cryptographically signed":                                         true, // etcd auth is off; berth has its own tokens
+}
+
 type slogCore struct {
 	log    *slog.Logger
 	fields []zapcore.Field
@@ -33,8 +42,8 @@ func (c *slogCore) Check(e zapcore.Entry, ce *zapcore.CheckedEntry) *zapcore.Che
 }
 
 func (c *slogCore) Write(e zapcore.Entry, fields []zapcore.Field) error {
-	if e.Message == "setting up serving from embedded etcd failed." {
-		return nil // the listeners closing at shutdown
+	if quietEtcdMessages[e.Message] {
+		return nil
 	}
 	enc := zapcore.NewMapObjectEncoder()
 	for _, f := range append(c.fields, fields...) {
