@@ -46,6 +46,7 @@ func streamWatch[T any](s *Server, w http.ResponseWriter, r *http.Request, kind 
 	bookmark := time.NewTicker(15 * time.Second)
 	defer bookmark.Stop()
 	last := rev
+	unflushed := false
 	for {
 		select {
 		case <-ctx.Done():
@@ -65,20 +66,22 @@ func streamWatch[T any](s *Server, w http.ResponseWriter, r *http.Request, kind 
 				return
 			}
 			last = ev.Revision
-			if !match(&ev.Object) {
-				continue
+			if match(&ev.Object) {
+				typ := "put"
+				if ev.Deleted {
+					typ = "delete"
+				}
+				start()
+				if err := enc.Encode(api.WatchEvent[T]{Type: typ, Object: ev.Object, Revision: ev.Revision}); err != nil {
+					return
+				}
+				unflushed = true
 			}
-			typ := "put"
-			if ev.Deleted {
-				typ = "delete"
-			}
-			start()
-			if err := enc.Encode(api.WatchEvent[T]{Type: typ, Object: ev.Object, Revision: ev.Revision}); err != nil {
-				return
-			}
-			// Flush once the burst that arrived together is written.
-			if len(events) == 0 && flusher != nil {
+			// Flush once the burst that arrived together is written, whether
+			// or not its last event matched.
+			if unflushed && len(events) == 0 && flusher != nil {
 				flusher.Flush()
+				unflushed = false
 			}
 		}
 	}

@@ -59,6 +59,7 @@ func OpenEmbedded(ctx context.Context, dir string, log *slog.Logger) (*Store, er
 	}
 	s := New(v3client.New(e.Server))
 	s.closers = append(s.closers, func() { e.Close() })
+	s.dbSize = func() int64 { return e.Server.Backend().Size() }
 	return s, nil
 }
 

@@ -31,6 +31,7 @@ var (
 type Store struct {
 	cli     *clientv3.Client
 	closers []func()
+	dbSize  func() int64 // of the embedded member; nil for a remote cluster
 
 	mu         sync.Mutex
 	eventLease clientv3.LeaseID
@@ -300,16 +301,19 @@ func (s *Store) eventLeaseAndSeq(ctx context.Context) (clientv3.LeaseID, uint64,
 
 // Status reports the store's health: its revision and database size.
 func (s *Store) Status(ctx context.Context) (rev int64, dbBytes int64, err error) {
+	resp, err := s.cli.Get(ctx, root+"cluster", clientv3.WithCountOnly())
+	if err != nil {
+		return 0, 0, fmt.Errorf("store: %w", err)
+	}
+	if s.dbSize != nil {
+		return resp.Header.Revision, s.dbSize(), nil
+	}
 	for _, ep := range s.cli.Endpoints() {
 		st, err := s.cli.Status(ctx, ep)
 		if err != nil {
-			return 0, 0, err
+			return 0, 0, fmt.Errorf("store %s: %w", ep, err)
 		}
-		return st.Header.Revision, st.DbSize, nil
-	}
-	resp, err := s.cli.Get(ctx, root+"-", clientv3.WithCountOnly())
-	if err != nil {
-		return 0, 0, err
+		return resp.Header.Revision, st.DbSize, nil
 	}
 	return resp.Header.Revision, 0, nil
 }
