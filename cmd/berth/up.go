@@ -32,6 +32,7 @@ type upOptions struct {
 	dockerURL string
 	advertise string
 	logLevel  string
+	workers   int
 }
 
 func upCmd(g *globals) *cobra.Command {
@@ -55,6 +56,7 @@ the next 'berth up' adopts them.`,
 	f.StringVar(&o.dockerURL, "docker", "", "Docker engine address (default: DOCKER_HOST or the local socket)")
 	f.StringVar(&o.advertise, "advertise", "127.0.0.1", "address where instances' published ports answer")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
+	f.IntVar(&o.workers, "workers", 16, "containers the agent creates or stops at once")
 	return cmd
 }
 
@@ -103,6 +105,7 @@ func runUp(parent context.Context, g *globals, o *upOptions) error {
 		Runtime: rt,
 		Node:    o.node,
 		Address: o.advertise,
+		Workers: o.workers,
 		Log:     log.With("component", "agent"),
 	}
 	srv := &apiserver.Server{

@@ -255,9 +255,16 @@ func (a *Agent) sweep(ctx context.Context) {
 		return
 	}
 	for _, c := range containers {
-		if name := c.Labels[runtime.LabelInstance]; name != "" {
-			a.queue.Add(name)
+		name := c.Labels[runtime.LabelInstance]
+		if c.Name != containerName(a.cluster, name, a.Node) {
+			// Labelled as this node's but not made by berth: never adopted.
+			a.Log.Warn("removing stray container", "container", c.Name, "instance", name)
+			if err := a.Runtime.Remove(ctx, c.ID); err != nil {
+				a.Log.Warn("remove stray container", "container", c.Name, "err", err)
+			}
+			continue
 		}
+		a.queue.Add(name)
 	}
 }
 
@@ -302,58 +309,38 @@ func (a *Agent) forget(name string) {
 	}
 }
 
-// reconcile makes the engine match one instance.
+// reconcile makes the engine match one instance. The instance's container
+// is found by its name, which the engine keeps unique: there is never a
+// second container of a wanted instance to look for.
 func (a *Agent) reconcile(ctx context.Context, name string) error {
 	a.mu.Lock()
 	inst, known := a.insts[name]
 	a.mu.Unlock()
-	labels := a.ownLabels()
-	labels[runtime.LabelInstance] = name
-	containers, err := a.Runtime.List(ctx, labels)
-	if err != nil {
-		return fmt.Errorf("list containers: %w", err)
+	var own *runtime.Container
+	c, err := a.Runtime.Inspect(ctx, containerName(a.cluster, name, a.Node))
+	switch {
+	case err == nil:
+		own = &c
+	case !errors.Is(err, runtime.ErrNotFound):
+		return fmt.Errorf("inspect container: %w", err)
 	}
 	wanted := known && inst.Node == a.Node && inst.Desired == api.DesiredRun
 	if !wanted {
+		var containers []runtime.Container
+		if own != nil {
+			containers = append(containers, *own)
+		}
 		return a.retire(ctx, name, inst, known, containers)
 	}
 	l := a.localFor(name, inst, known)
-	// Two containers for one instance can only come from a crash between
-	// create and record: keep the running (or newest) one.
-	c, extra := pickContainer(containers)
-	for _, x := range extra {
-		a.Log.Warn("removing duplicate container", "instance", name, "container", x.ID)
-		if err := a.Runtime.Remove(ctx, x.ID); err != nil {
-			return err
-		}
-	}
 	switch {
-	case c == nil:
+	case own == nil:
 		return a.create(ctx, inst, l)
-	case c.Running:
-		return a.adopt(ctx, inst, l, *c)
+	case own.Running:
+		return a.adopt(ctx, inst, l, *own)
 	default:
-		return a.restart(ctx, inst, l, *c)
+		return a.restart(ctx, inst, l, *own)
 	}
-}
-
-func pickContainer(cs []runtime.Container) (*runtime.Container, []runtime.Container) {
-	if len(cs) == 0 {
-		return nil, nil
-	}
-	best := 0
-	for i, c := range cs {
-		if c.Running && !cs[best].Running || c.Running == cs[best].Running && c.StartedAt.After(cs[best].StartedAt) {
-			best = i
-		}
-	}
-	var extra []runtime.Container
-	for i, c := range cs {
-		if i != best {
-			extra = append(extra, c)
-		}
-	}
-	return &cs[best], extra
 }
 
 // retire stops and removes the containers of an instance that is not
@@ -412,7 +399,7 @@ func (a *Agent) create(ctx context.Context, inst api.Instance, l *local) error {
 	}
 	spec := inst.Spec
 	id, err := a.Runtime.Create(ctx, runtime.ContainerSpec{
-		Name:        containerName(a.cluster, inst.Name),
+		Name:        containerName(a.cluster, inst.Name, a.Node),
 		Image:       spec.Image,
 		Command:     spec.Command,
 		Env:         spec.Env,
@@ -437,13 +424,13 @@ func (a *Agent) create(ctx context.Context, inst api.Instance, l *local) error {
 	return a.start(ctx, inst, l, id)
 }
 
-// containerName is unique per instance, so the engine itself refuses a
-// second container for one instance.
-func containerName(cluster, instance string) string {
+// containerName is unique per instance and node, so the engine itself
+// refuses a second container for one instance.
+func containerName(cluster, instance, node string) string {
 	if len(cluster) > 8 {
 		cluster = cluster[:8]
 	}
-	return "berth-" + cluster + "-" + instance
+	return "berth-" + cluster + "-" + instance + "." + node
 }
 
 func (a *Agent) containerLabels(inst api.Instance) map[string]string {
