@@ -96,6 +96,21 @@ func (b Bytes) String() string {
 	return strconv.FormatInt(int64(b), 10)
 }
 
+// Human rounds to the largest binary unit for display: "23.5Gi".
+func (b Bytes) Human() string {
+	v := float64(b)
+	for _, unit := range []string{"", "Ki", "Mi", "Gi", "Ti"} {
+		if v < 1024 || unit == "Ti" {
+			if v == float64(int64(v)) {
+				return fmt.Sprintf("%d%s", int64(v), unit)
+			}
+			return fmt.Sprintf("%.1f%s", v, unit)
+		}
+		v /= 1024
+	}
+	return b.String()
+}
+
 func (b Bytes) MarshalJSON() ([]byte, error) { return json.Marshal(b.String()) }
 
 func (b *Bytes) UnmarshalJSON(data []byte) error {

@@ -11,7 +11,7 @@ go build -o bin/berth ./cmd/berth
 addr="${BERTH_ADDR:-127.0.0.1:7070}"
 (
   for _ in $(seq 1 120); do
-    curl -fsS "http://$addr/healthz" >/dev/null 2>&1 && break
+    ./bin/berth --addr "$addr" status >/dev/null 2>&1 && break
     sleep 0.5
   done
   ./bin/berth --addr "$addr" deploy -f examples/hello.yaml && ./bin/berth --addr "$addr" ps hello

@@ -42,7 +42,7 @@ func nodesCmd(g *globals) *cobra.Command {
 			for _, n := range nodes.Items {
 				a := alloc[n.Name]
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s/%s\t%s/%s\t%d\t%s ago\tdocker %s\n", n.Name, n.State, n.Address,
-					a.CPU, n.Capacity.CPU, a.Memory, n.Capacity.Memory, count[n.Name], age(n.Heartbeat), n.Engine)
+					a.CPU, n.Capacity.CPU, a.Memory.Human(), n.Capacity.Memory.Human(), count[n.Name], age(n.Heartbeat), n.Engine)
 			}
 			return tw.Flush()
 		},
@@ -66,7 +66,7 @@ func statusCmd(g *globals) *cobra.Command {
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
 			fmt.Fprintf(tw, "server\t%s (version %s, up %s, leader %v)\n", cl.Addr(), st.Version, st.Uptime, st.Leader)
 			fmt.Fprintf(tw, "cluster\t%s\n", st.Cluster)
-			fmt.Fprintf(tw, "store\t%s (revision %d, %s)\n", st.Store, st.StoreRev, api.Bytes(st.StoreBytes))
+			fmt.Fprintf(tw, "store\t%s (revision %d, %s)\n", st.Store, st.StoreRev, api.Bytes(st.StoreBytes).Human())
 			fmt.Fprintf(tw, "apps\t%d\n", st.Apps)
 			fmt.Fprintf(tw, "instances\t%d\n", st.Instances)
 			fmt.Fprintf(tw, "nodes\t%d\n", st.Nodes)

@@ -56,7 +56,7 @@ the next 'berth up' adopts them.`,
 	f.StringVar(&o.dockerURL, "docker", "", "Docker engine address (default: DOCKER_HOST or the local socket)")
 	f.StringVar(&o.advertise, "advertise", "127.0.0.1", "address where instances' published ports answer")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
-	f.IntVar(&o.workers, "workers", 16, "containers the agent creates or stops at once")
+	f.IntVar(&o.workers, "workers", 32, "containers the agent creates or stops at once")
 	return cmd
 }
 
