@@ -362,7 +362,11 @@ func (a *Agent) retire(ctx context.Context, name string, inst api.Instance, know
 			}
 			// Give routers watching the instance a moment to stop sending to it.
 			if wasRoutable && inst.StopReason != "app removed" {
-				time.Sleep(drainDelay)
+				select {
+				case <-ctx.Done():
+					return ctx.Err()
+				case <-time.After(drainDelay):
+				}
 			}
 		}
 		for _, c := range containers {

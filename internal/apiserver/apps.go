@@ -149,6 +149,11 @@ func (s *Server) largestNodeMemory(r *http.Request) (api.Bytes, error) {
 
 func (s *Server) deleteApp(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
+	ev, err := s.Store.AppendEvent(r.Context(), api.Event{Kind: "deleted", App: name, Message: "removing all instances"})
+	if err != nil {
+		s.writeStoreError(w, err)
+		return
+	}
 	app, err := store.Apps.Update(r.Context(), s.Store, name, func(a *api.App) error {
 		if a.Deleting {
 			return store.ErrSkip
@@ -156,13 +161,7 @@ func (s *Server) deleteApp(w http.ResponseWriter, r *http.Request) {
 		a.Deleting = true
 		a.Updated = time.Now().UTC()
 		return nil
-	}, func(a api.App) []store.Op {
-		ev, err := s.Store.AppendEvent(r.Context(), api.Event{Kind: "deleted", App: name, Message: "removing all instances"})
-		if err != nil {
-			return nil
-		}
-		return []store.Op{ev}
-	})
+	}, ev)
 	if err != nil {
 		s.writeStoreError(w, err)
 		return
@@ -180,6 +179,11 @@ func (s *Server) scaleApp(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	name := r.PathValue("name")
+	ev, err := s.Store.AppendEvent(r.Context(), api.Event{Kind: "scaled", App: name, Message: "replicas " + strconv.Itoa(req.Replicas)})
+	if err != nil {
+		s.writeStoreError(w, err)
+		return
+	}
 	var deleting bool
 	app, err := store.Apps.Update(r.Context(), s.Store, name, func(a *api.App) error {
 		if a.Deleting {
@@ -193,13 +197,7 @@ func (s *Server) scaleApp(w http.ResponseWriter, r *http.Request) {
 		a.Revision++
 		a.Updated = time.Now().UTC()
 		return nil
-	}, func(a api.App) []store.Op {
-		ev, err := s.Store.AppendEvent(r.Context(), api.Event{Kind: "scaled", App: name, Message: "replicas " + strconv.Itoa(req.Replicas)})
-		if err != nil {
-			return nil
-		}
-		return []store.Op{ev}
-	})
+	}, ev)
 	if err != nil {
 		s.writeStoreError(w, err)
 		return

@@ -161,9 +161,10 @@ func (s *Store) Txn(ctx context.Context, ops ...Op) (int64, error) {
 	return resp.Header.Revision, nil
 }
 
-// Update reads a record, applies fn and writes it back if nothing changed
-// in between, retrying on conflict. fn may be called several times.
-func (k Kind[T]) Update(ctx context.Context, s *Store, name string, fn func(*T) error, extra ...func(T) []Op) (T, error) {
+// Update reads a record, applies fn and writes it back, together with the
+// extra ops, if nothing changed in between; it retries on conflict, so fn
+// may be called several times.
+func (k Kind[T]) Update(ctx context.Context, s *Store, name string, fn func(*T) error, extra ...Op) (T, error) {
 	for {
 		v, err := k.Get(ctx, s, name)
 		if err != nil {
@@ -176,11 +177,7 @@ func (k Kind[T]) Update(ctx context.Context, s *Store, name string, fn func(*T) 
 			}
 			return v, err
 		}
-		ops := []Op{k.Put(name, v, version)}
-		for _, e := range extra {
-			ops = append(ops, e(v)...)
-		}
-		rev, err := s.Txn(ctx, ops...)
+		rev, err := s.Txn(ctx, append([]Op{k.Put(name, v, version)}, extra...)...)
 		if errors.Is(err, ErrConflict) {
 			continue
 		}
