@@ -72,6 +72,10 @@ const (
 	DesiredStop = "stop"
 )
 
+// StopAppRemoved is the stop reason of the instances of a removed app:
+// nothing routes to the app any more, so they need no draining.
+const StopAppRemoved = "app removed"
+
 // Instance is one container's worth of an app: the server decides its
 // template and node; the agent of that node reports its status.
 type Instance struct {

@@ -361,7 +361,7 @@ func (a *Agent) retire(ctx context.Context, name string, inst api.Instance, know
 				return err
 			}
 			// Give routers watching the instance a moment to stop sending to it.
-			if wasRoutable && inst.StopReason != "app removed" {
+			if wasRoutable && inst.StopReason != api.StopAppRemoved {
 				select {
 				case <-ctx.Done():
 					return ctx.Err()

@@ -30,7 +30,7 @@ func PlanApp(app api.App, instances []api.Instance, now time.Time) Plan {
 	}
 	if app.Deleting {
 		for _, inst := range active {
-			p.Retire[inst.Name] = "app removed"
+			p.Retire[inst.Name] = api.StopAppRemoved
 		}
 		p.DeleteApp = len(instances) == 0
 		return p
