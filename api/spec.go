@@ -52,6 +52,8 @@ const (
 	DefaultTimeout     = 2 * time.Second
 	DefaultRetries     = 3
 	DefaultStartPeriod = 10 * time.Second
+	DefaultWakeTimeout = 30 * time.Second
+	DefaultReqTimeout  = 60 * time.Second
 )
 
 // ParseAppSpec reads one app spec from YAML or JSON (JSON is YAML).
@@ -168,6 +170,15 @@ func (s *AppSpec) Default() {
 	if s.Init == nil {
 		s.Init = ptr(true)
 	}
+	for i, r := range s.Routes {
+		s.Routes[i] = strings.ToLower(r)
+	}
+	if len(s.Routes) > 0 && s.RequestTimeout == nil {
+		s.RequestTimeout = ptr(Duration(DefaultReqTimeout))
+	}
+	if s.Idle != nil && s.Idle.WakeTimeout == nil {
+		s.Idle.WakeTimeout = ptr(Duration(DefaultWakeTimeout))
+	}
 	if s.Health == nil && s.Port > 0 {
 		s.Health = &Health{TCP: true}
 	}
@@ -253,6 +264,38 @@ func (s *AppSpec) Validate(maxMemory Bytes) error {
 			return err
 		}
 	}
+	return s.validateRouting()
+}
+
+var hostName = regexp.MustCompile(`^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+
+func (s *AppSpec) validateRouting() error {
+	seen := map[string]bool{}
+	for i, r := range s.Routes {
+		field := fmt.Sprintf("routes[%d]", i)
+		switch {
+		case len(r) > 253 || !hostName.MatchString(r):
+			return fieldErr(field, "%q is not a host name (e.g. app.example.com, or *.app.example.com for any name under it)", r)
+		case seen[r]:
+			return fieldErr(field, "%q is listed twice", r)
+		case s.Port == 0:
+			return fieldErr("routes", "routes need port to be set: the gateway sends requests to it")
+		}
+		seen[r] = true
+	}
+	if t := s.RequestTimeout; t != nil && (*t < 0 || t.D() > 24*time.Hour) {
+		return fieldErr("request_timeout", "%s is out of range 0s-24h", t)
+	}
+	if s.Idle != nil {
+		switch {
+		case len(s.Routes) == 0:
+			return fieldErr("idle", "an idle policy needs routes: apps are woken by a request through the gateway")
+		case s.Idle.StopAfter.D() < time.Second || s.Idle.StopAfter.D() > 30*24*time.Hour:
+			return fieldErr("idle.stop_after", "%s is out of range 1s-720h", s.Idle.StopAfter)
+		case s.Idle.WakeTimeout != nil && (s.Idle.WakeTimeout.D() < time.Second || s.Idle.WakeTimeout.D() > 10*time.Minute):
+			return fieldErr("idle.wake_timeout", "%s is out of range 1s-10m", s.Idle.WakeTimeout)
+		}
+	}
 	return nil
 }
 
@@ -309,9 +352,13 @@ func plainText(field, v string) error {
 }
 
 // SameTemplate reports whether two defaulted specs make identical
-// instances, so that only a change of replicas needs no rolling update.
+// instances, so that a change of replicas or routing needs no rolling update.
 func SameTemplate(a, b AppSpec) bool {
+	// Neither replicas nor routing change what one container is.
 	a.Replicas, b.Replicas = nil, nil
+	a.Routes, b.Routes = nil, nil
+	a.RequestTimeout, b.RequestTimeout = nil, nil
+	a.Idle, b.Idle = nil, nil
 	ja, _ := json.Marshal(a)
 	jb, _ := json.Marshal(b)
 	return bytes.Equal(ja, jb)

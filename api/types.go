@@ -18,6 +18,21 @@ type AppSpec struct {
 	StopGrace *Duration         `json:"stop_grace,omitempty"`
 	Init      *bool             `json:"init,omitempty"`
 	Labels    map[string]string `json:"labels,omitempty"`
+
+	// Routes are the Host names the gateway sends to this app: exact
+	// ("hello.example") or one leading wildcard label ("*.hello.example").
+	Routes []string `json:"routes,omitempty"`
+	// RequestTimeout bounds one proxied request (default 60s; 0s: none).
+	RequestTimeout *Duration `json:"request_timeout,omitempty"`
+	// Idle, when set, scales the app to zero after StopAfter without a
+	// request; the gateway wakes it on the next one.
+	Idle *Idle `json:"idle,omitempty"`
+}
+
+// Idle is an app's scale-to-zero policy.
+type Idle struct {
+	StopAfter   Duration  `json:"stop_after"`
+	WakeTimeout *Duration `json:"wake_timeout,omitempty"` // how long a request waits for a wake; default 30s
 }
 
 // Resources are enforced by the engine and reserved by the scheduler.
@@ -49,6 +64,11 @@ type App struct {
 	// template are replaced by a rolling update.
 	TemplateRevision int64     `json:"template_revision"`
 	Deleting         bool      `json:"deleting,omitempty"`
+	// Idled: scaled to zero for want of requests; its containers are
+	// stopped, not removed, so that a wake is a start.
+	Idled   bool      `json:"idled,omitempty"`
+	IdledAt time.Time `json:"idled_at,omitempty"`
+	WokenAt time.Time `json:"woken_at,omitempty"`
 	Created          time.Time `json:"created"`
 	Updated          time.Time `json:"updated"`
 	// Version is the store revision of this record, for compare-and-swap.
@@ -64,11 +84,13 @@ const (
 	StateStopping  = "stopping"  // being stopped (retired or removed)
 	StateExited    = "exited"    // exited; will be restarted after a backoff
 	StateFailed    = "failed"    // cannot run (e.g. missing image); retried slowly
+	StateIdle      = "idle"      // stopped while its app is scaled to zero
 )
 
 // Instance desired states, set by the server.
 const (
 	DesiredRun  = "run"
+	DesiredIdle = "idle" // keep the container, stopped
 	DesiredStop = "stop"
 )
 
@@ -178,6 +200,37 @@ type List[T any] struct {
 type Error struct {
 	Error string `json:"error"`
 	Field string `json:"field,omitempty"`
+}
+
+// Access is when an app last got a request through a gateway.
+type Access struct {
+	App     string    `json:"app"`
+	Last    time.Time `json:"last"`
+	Version int64     `json:"version,omitempty"`
+}
+
+// AccessReport is the body of POST /v1/access: the latest request time
+// per app seen by one gateway since its last report.
+type AccessReport struct {
+	Apps map[string]time.Time `json:"apps"`
+}
+
+// RouteClaim records which app owns a host, so that two apps can never
+// claim one host.
+type RouteClaim struct {
+	Host    string `json:"host"`
+	App     string `json:"app"`
+	Version int64  `json:"version,omitempty"`
+}
+
+// Route is one row of GET /v1/routes.
+type Route struct {
+	Host       string    `json:"host"`
+	App        string    `json:"app"`
+	Instances  []string  `json:"instances"` // addresses of routable instances
+	Idle       bool      `json:"idle"`      // scaled to zero now
+	IdleAfter  string    `json:"idle_after,omitempty"`
+	LastAccess time.Time `json:"last_access,omitempty"`
 }
 
 // ScaleRequest is the body of POST /v1/apps/{name}/scale.

@@ -324,7 +324,11 @@ func (a *Agent) reconcile(ctx context.Context, name string) error {
 	case !errors.Is(err, runtime.ErrNotFound):
 		return fmt.Errorf("inspect container: %w", err)
 	}
-	wanted := known && inst.Node == a.Node && inst.Desired == api.DesiredRun
+	ours := known && inst.Node == a.Node
+	if ours && inst.Desired == api.DesiredIdle {
+		return a.idle(ctx, inst, a.localFor(name, inst, known), own)
+	}
+	wanted := ours && inst.Desired == api.DesiredRun
 	if !wanted {
 		var containers []runtime.Container
 		if own != nil {
@@ -497,6 +501,11 @@ func (a *Agent) adopt(ctx context.Context, inst api.Instance, l *local, c runtim
 func (a *Agent) restart(ctx context.Context, inst api.Instance, l *local, c runtime.Container) error {
 	l.stopProbe()
 	st := l.current()
+	if st.State == api.StateIdle && st.ContainerID == c.ID {
+		// Woken: the stop was ours, not a crash; start at once.
+		l.countedExit, l.nextStart = c.FinishedAt, time.Time{}
+		return a.start(ctx, inst, l, c.ID)
+	}
 	exited := !c.FinishedAt.IsZero()
 	alreadyCounted := !c.FinishedAt.After(l.countedExit) ||
 		(l.countedExit.IsZero() && st.State == api.StateExited && st.ContainerID == c.ID)
@@ -530,6 +539,27 @@ func (a *Agent) restart(ctx context.Context, inst api.Instance, l *local, c runt
 		return nil
 	}
 	return a.start(ctx, inst, l, c.ID)
+}
+
+// idle stops the instance's container and keeps it, so that a wake is a
+// start and not a create.
+func (a *Agent) idle(ctx context.Context, inst api.Instance, l *local, c *runtime.Container) error {
+	l.stopProbe()
+	st := l.current()
+	if c != nil && c.Running {
+		st.State, st.Healthy = api.StateStopping, false
+		if err := a.report(ctx, inst.Name, l, st); err != nil {
+			return err
+		}
+		if err := a.Runtime.Stop(ctx, c.ID, inst.Spec.StopGrace.D()); err != nil {
+			return err
+		}
+	}
+	st.State, st.Healthy, st.Address, st.Error = api.StateIdle, false, "", ""
+	if c != nil {
+		st.ContainerID = c.ID
+	}
+	return a.report(ctx, inst.Name, l, st)
 }
 
 // fail reports an instance that cannot run and retries it after a backoff.

@@ -14,6 +14,12 @@ import (
 )
 
 func (s *Server) listApps(w http.ResponseWriter, r *http.Request) {
+	if r.URL.Query().Get("watch") == "true" {
+		if rev, ok := watchRevision(w, r); ok {
+			streamWatch(s, w, r, store.Apps, rev, func(*api.App) bool { return true })
+		}
+		return
+	}
 	apps, rev, err := store.Apps.List(r.Context(), s.Store)
 	if err != nil {
 		s.writeStoreError(w, err)
@@ -75,14 +81,18 @@ func (s *Server) putApp(w http.ResponseWriter, r *http.Request) {
 		old, err := store.Apps.Get(ctx, s.Store, name)
 		if errors.Is(err, store.ErrNotFound) {
 			app := api.App{Spec: spec, Revision: 1, TemplateRevision: 1, Created: now, Updated: now}
+			routeOps, ok := s.claimRoutes(w, r, name, nil, spec.Routes)
+			if !ok {
+				return
+			}
 			ev, err := s.Store.AppendEvent(ctx, api.Event{Kind: "deployed", App: name, Message: fmt.Sprintf("revision 1: %s, %d replicas", spec.Image, spec.ReplicaCount())})
 			if err != nil {
 				s.writeStoreError(w, err)
 				return
 			}
-			rev, err := s.Store.Txn(ctx, store.Apps.Create(name, app), ev)
-			if errors.Is(err, store.ErrExists) {
-				continue // created concurrently: treat as an update
+			rev, err := s.Store.Txn(ctx, append([]store.Op{store.Apps.Create(name, app), ev}, routeOps...)...)
+			if errors.Is(err, store.ErrExists) || errors.Is(err, store.ErrConflict) {
+				continue // created or claimed concurrently: look again
 			}
 			if err != nil {
 				s.writeStoreError(w, err)
@@ -113,12 +123,16 @@ func (s *Server) putApp(w http.ResponseWriter, r *http.Request) {
 			app.TemplateRevision = app.Revision
 			msg = fmt.Sprintf("revision %d: %s, %d replicas, rolling update", app.Revision, spec.Image, spec.ReplicaCount())
 		}
+		routeOps, ok := s.claimRoutes(w, r, name, old.Spec.Routes, spec.Routes)
+		if !ok {
+			return
+		}
 		ev, err := s.Store.AppendEvent(ctx, api.Event{Kind: "deployed", App: name, Message: msg})
 		if err != nil {
 			s.writeStoreError(w, err)
 			return
 		}
-		rev, err := s.Store.Txn(ctx, store.Apps.Put(name, app, old.Version), ev)
+		rev, err := s.Store.Txn(ctx, append([]store.Op{store.Apps.Put(name, app, old.Version), ev}, routeOps...)...)
 		if errors.Is(err, store.ErrConflict) {
 			continue
 		}
@@ -130,6 +144,40 @@ func (s *Server) putApp(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, app)
 		return
 	}
+}
+
+// claimRoutes returns the ops that move an app's host claims from old to
+// new routes. A host another app owns answers 409 naming that app. The
+// Create ops fail the transaction if someone claims a host meanwhile.
+func (s *Server) claimRoutes(w http.ResponseWriter, r *http.Request, app string, old, new []string) ([]store.Op, bool) {
+	had := map[string]bool{}
+	for _, h := range old {
+		had[h] = true
+	}
+	var ops []store.Op
+	for _, h := range new {
+		if had[h] {
+			delete(had, h)
+			continue
+		}
+		claim, err := store.Routes.Get(r.Context(), s.Store, h)
+		switch {
+		case err == nil && claim.App != app:
+			writeError(w, http.StatusConflict, "routes", "routes: host %s is already routed to app %s", h, claim.App)
+			return nil, false
+		case err == nil:
+			ops = append(ops, store.Routes.Put(h, claim, claim.Version))
+		case errors.Is(err, store.ErrNotFound):
+			ops = append(ops, store.Routes.Create(h, api.RouteClaim{Host: h, App: app}))
+		default:
+			s.writeStoreError(w, err)
+			return nil, false
+		}
+	}
+	for h := range had {
+		ops = append(ops, store.Routes.DeleteAny(h))
+	}
+	return ops, true
 }
 
 // largestNodeMemory bounds a spec's memory: more than any node has could never run.

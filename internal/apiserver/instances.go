@@ -93,7 +93,7 @@ func (s *Server) putInstanceStatus(w http.ResponseWriter, r *http.Request) {
 func validState(s string) bool {
 	switch s {
 	case api.StatePending, api.StateStarting, api.StateRunning, api.StateUnhealthy,
-		api.StateStopping, api.StateExited, api.StateFailed:
+		api.StateStopping, api.StateExited, api.StateFailed, api.StateIdle:
 		return true
 	}
 	return false

@@ -95,6 +95,9 @@ func (c *Controller) Reconcile(ctx context.Context) error {
 		byApp[inst.App] = append(byApp[inst.App], inst)
 	}
 	var errs []error
+	if err := c.idleApps(ctx, apps, now); err != nil {
+		errs = append(errs, err)
+	}
 	for _, app := range apps {
 		if err := c.applyPlan(ctx, app, byApp[app.Spec.Name], now); err != nil {
 			errs = append(errs, fmt.Errorf("app %s: %w", app.Spec.Name, err))
@@ -120,6 +123,11 @@ func (c *Controller) applyPlan(ctx context.Context, app api.App, insts []api.Ins
 		ops = append(ops, store.Instances.Create(inst.Name, inst))
 	}
 	for _, inst := range insts {
+		if desired, ok := idleChange(p, inst.Name); ok {
+			inst.Desired = desired
+			ops = append(ops, store.Instances.Put(inst.Name, inst, inst.Version))
+			continue
+		}
 		reason, ok := p.Retire[inst.Name]
 		if !ok {
 			continue
@@ -138,7 +146,10 @@ func (c *Controller) applyPlan(ctx context.Context, app api.App, insts []api.Ins
 		ops = append(ops, ev)
 	}
 	if p.DeleteApp && app.Version != 0 {
-		ops = append(ops, store.Apps.Delete(app.Spec.Name, app.Version))
+		ops = append(ops, store.Apps.Delete(app.Spec.Name, app.Version), store.Access.DeleteAny(app.Spec.Name))
+		for _, h := range app.Spec.Routes {
+			ops = append(ops, store.Routes.DeleteAny(h))
+		}
 		ev, err := c.Store.AppendEvent(ctx, api.Event{Kind: "removed", App: app.Spec.Name, Message: "app removed"})
 		if err != nil {
 			return err
@@ -148,10 +159,26 @@ func (c *Controller) applyPlan(ctx context.Context, app api.App, insts []api.Ins
 	if len(ops) == 0 {
 		return nil
 	}
-	if len(p.Create) > 0 || len(p.Retire) > 0 {
-		c.Log.Info("converge app", "app", app.Spec.Name, "create", len(p.Create), "retire", len(p.Retire))
+	if len(p.Create) > 0 || len(p.Retire) > 0 || len(p.Idle) > 0 || len(p.Resume) > 0 {
+		c.Log.Info("converge app", "app", app.Spec.Name, "create", len(p.Create), "retire", len(p.Retire), "idle", len(p.Idle), "resume", len(p.Resume))
 	}
 	return c.writeInBatches(ctx, ops)
+}
+
+// idleChange is the desired state an instance moves to when its app is
+// scaled to zero or woken.
+func idleChange(p Plan, name string) (string, bool) {
+	for _, n := range p.Idle {
+		if n == name {
+			return api.DesiredIdle, true
+		}
+	}
+	for _, n := range p.Resume {
+		if n == name {
+			return api.DesiredRun, true
+		}
+	}
+	return "", false
 }
 
 // writeInBatches writes ops in transactions of bounded size. A batch that
@@ -167,6 +194,55 @@ func (c *Controller) writeInBatches(ctx context.Context, ops []store.Op) error {
 		ops = ops[n:]
 	}
 	return nil
+}
+
+// idleApps scales to zero the apps with an idle policy whose last request
+// (or deploy, or wake) is older than their stop_after. The instances follow
+// on the next pass.
+func (c *Controller) idleApps(ctx context.Context, apps []api.App, now time.Time) error {
+	access, _, err := store.Access.List(ctx, c.Store)
+	if err != nil {
+		return err
+	}
+	last := map[string]time.Time{}
+	for _, a := range access {
+		last[a.App] = a.Last
+	}
+	for i, app := range apps {
+		if app.Spec.Idle == nil || app.Idled || app.Deleting {
+			continue
+		}
+		since := latest(last[app.Spec.Name], app.Updated, app.WokenAt)
+		if now.Sub(since) < app.Spec.Idle.StopAfter.D() {
+			continue
+		}
+		app.Idled, app.IdledAt = true, now
+		ev, err := c.Store.AppendEvent(ctx, api.Event{Kind: "idled", App: app.Spec.Name,
+			Message: fmt.Sprintf("no request for %s: scaled to zero", now.Sub(since).Round(time.Second))})
+		if err != nil {
+			return err
+		}
+		rev, err := c.Store.Txn(ctx, store.Apps.Put(app.Spec.Name, app, app.Version), ev)
+		if errors.Is(err, store.ErrConflict) {
+			continue // changed meanwhile: judged again on the next pass
+		}
+		if err != nil {
+			return err
+		}
+		app.Version = rev
+		apps[i] = app
+	}
+	return nil
+}
+
+func latest(ts ...time.Time) time.Time {
+	var l time.Time
+	for _, t := range ts {
+		if t.After(l) {
+			l = t
+		}
+	}
+	return l
 }
 
 // schedule places every instance that wants to run and has no node.

@@ -12,6 +12,8 @@ import (
 type Plan struct {
 	Create    []api.Instance
 	Retire    map[string]string // instance name -> reason
+	Idle      []string          // instances to stop and keep: the app is scaled to zero
+	Resume    []string          // idle instances to start again: the app was woken
 	DeleteApp bool              // app is being removed and nothing of it is left
 }
 
@@ -24,7 +26,7 @@ func PlanApp(app api.App, instances []api.Instance, now time.Time) Plan {
 	p := Plan{Retire: map[string]string{}}
 	var active []api.Instance
 	for _, inst := range instances {
-		if inst.Desired == api.DesiredRun {
+		if inst.Desired != api.DesiredStop {
 			active = append(active, inst)
 		}
 	}
@@ -34,6 +36,22 @@ func PlanApp(app api.App, instances []api.Instance, now time.Time) Plan {
 		}
 		p.DeleteApp = len(instances) == 0
 		return p
+	}
+	// Scaled to zero: every instance stops and keeps its container, and
+	// nothing else changes until the app is woken.
+	if app.Idled {
+		for _, inst := range active {
+			if inst.Desired == api.DesiredRun {
+				p.Idle = append(p.Idle, inst.Name)
+			}
+		}
+		return p
+	}
+	for i, inst := range active {
+		if inst.Desired == api.DesiredIdle {
+			p.Resume = append(p.Resume, inst.Name)
+			active[i].Desired = api.DesiredRun
+		}
 	}
 
 	// Instances that stayed unhealthy past their retries are replaced.

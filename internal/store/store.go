@@ -62,6 +62,8 @@ var (
 	Instances = Kind[api.Instance]{"instances/", func(i *api.Instance) *int64 { return &i.Version }}
 	Nodes     = Kind[api.Node]{"nodes/", func(n *api.Node) *int64 { return &n.Version }}
 	Events    = Kind[api.Event]{"events/", func(e *api.Event) *int64 { return &e.Version }}
+	Access    = Kind[api.Access]{"access/", func(a *api.Access) *int64 { return &a.Version }}
+	Routes    = Kind[api.RouteClaim]{"routes/", func(r *api.RouteClaim) *int64 { return &r.Version }}
 )
 
 func (k Kind[T]) key(name string) string { return root + k.prefix + name }
@@ -132,6 +134,16 @@ func (k Kind[T]) Delete(name string, version int64) Op {
 	key := k.key(name)
 	cmp := clientv3.Compare(clientv3.ModRevision(key), "=", version)
 	return Op{&cmp, clientv3.OpDelete(key), "delete " + k.prefix + name, false}
+}
+
+// PutAny writes a record whatever is there.
+func (k Kind[T]) PutAny(name string, v T) Op {
+	return Op{op: clientv3.OpPut(k.key(name), mustJSON(v)), desc: "put " + k.prefix + name}
+}
+
+// DeleteAny removes a record whatever its version.
+func (k Kind[T]) DeleteAny(name string) Op {
+	return Op{op: clientv3.OpDelete(k.key(name)), desc: "delete " + k.prefix + name}
 }
 
 // Txn applies all ops or none. A failed condition returns ErrConflict
