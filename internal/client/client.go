@@ -198,6 +198,21 @@ func (c *Client) DeleteInstance(ctx context.Context, instance string) error {
 	return c.do(ctx, "DELETE", "/v1/instances/"+url.PathEscape(instance), nil, nil)
 }
 
+// Wake asks the server to start an idled app again.
+func (c *Client) Wake(ctx context.Context, app string) error {
+	return c.do(ctx, "POST", "/v1/apps/"+url.PathEscape(app)+"/wake", nil, nil)
+}
+
+// ReportAccess tells the server when apps last got a request.
+func (c *Client) ReportAccess(ctx context.Context, last map[string]time.Time) error {
+	return c.do(ctx, "POST", "/v1/access", api.AccessReport{Apps: last}, nil)
+}
+
+func (c *Client) ListRoutes(ctx context.Context) (api.List[api.Route], error) {
+	var l api.List[api.Route]
+	return l, c.do(ctx, "GET", "/v1/routes", nil, &l)
+}
+
 func (c *Client) ListNodes(ctx context.Context) (api.List[api.Node], error) {
 	var l api.List[api.Node]
 	return l, c.do(ctx, "GET", "/v1/nodes", nil, &l)
