@@ -11,8 +11,13 @@ import (
 )
 
 // While an instance has never been healthy within its start period, it is
-// probed this often, so that a fast starter is ready at once.
-const startupProbeEvery = 100 * time.Millisecond
+// probed often, so that a fast starter (or a woken idle app) is ready at
+// once: every 20ms for its first two seconds, then every 100ms.
+const (
+	startupProbeFast  = 20 * time.Millisecond
+	startupProbeSlow  = 100 * time.Millisecond
+	startupFastPeriod = 2 * time.Second
+)
 
 func (l *local) probing(containerID string) bool {
 	l.mu.Lock()
@@ -60,7 +65,8 @@ func (a *Agent) probeLoop(ctx context.Context, inst api.Instance, l *local, cont
 		report(func(st *api.Status) { st.State, st.Healthy, st.Error = api.StateRunning, true, "" })
 		return
 	}
-	startDeadline := time.Now().Add(h.StartPeriod.D())
+	started := time.Now()
+	startDeadline := started.Add(h.StartPeriod.D())
 	everHealthy := healthy
 	failures := 0
 	wait := time.Duration(0)
@@ -77,7 +83,11 @@ func (a *Agent) probeLoop(ctx context.Context, inst api.Instance, l *local, cont
 		inStartPeriod := !everHealthy && time.Now().Before(startDeadline)
 		wait = h.Interval.D()
 		if inStartPeriod {
-			wait = min(startupProbeEvery, wait)
+			step := startupProbeSlow
+			if time.Since(started) < startupFastPeriod {
+				step = startupProbeFast
+			}
+			wait = min(step, wait)
 		}
 		if err == nil {
 			failures = 0
