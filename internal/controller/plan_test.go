@@ -26,6 +26,8 @@ func inst(index int, rev int64, state string) api.Instance {
 	case "pending":
 	case "retired":
 		i.Node, i.Desired = "n1", api.DesiredStop
+	case "idle":
+		i.Node, i.Desired, i.Status = "n1", api.DesiredIdle, api.Status{State: api.StateIdle}
 	}
 	return i
 }
@@ -165,6 +167,27 @@ func TestRollingUpdateKeepsCapacity(t *testing.T) {
 		}
 	}
 	t.Fatal("rolling update did not converge in 50 steps")
+}
+
+func TestPlanIdle(t *testing.T) {
+	idled := app(2, 1)
+	idled.Idled = true
+	p := PlanApp(idled, []api.Instance{inst(1, 1, "ok"), inst(2, 1, "idle")}, time.Time{})
+	if !equal(p.Idle, []string{"web-1"}) || len(p.Create) != 0 || len(p.Retire) != 0 || len(p.Resume) != 0 {
+		t.Fatalf("idled app: %+v, want web-1 idled and nothing else", p)
+	}
+	// Woken: idle instances resume and count as the replicas.
+	p = PlanApp(app(2, 1), []api.Instance{inst(1, 1, "idle"), inst(2, 1, "idle")}, time.Time{})
+	if !equal(p.Resume, []string{"web-1", "web-2"}) || len(p.Create) != 0 || len(p.Retire) != 0 {
+		t.Fatalf("woken app: %+v, want both resumed, none created", p)
+	}
+	// Removed while idle: the kept containers go too.
+	gone := app(2, 1)
+	gone.Idled, gone.Deleting = true, true
+	p = PlanApp(gone, []api.Instance{inst(1, 1, "idle")}, time.Time{})
+	if _, ok := p.Retire["web-1"]; !ok {
+		t.Fatalf("removed idle app: %+v, want web-1 retired", p)
+	}
 }
 
 func equal(a, b []string) bool {
