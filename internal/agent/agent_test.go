@@ -219,3 +219,42 @@ func TestRollingUpdateReplacesAll(t *testing.T) {
 		}
 	}
 }
+
+func TestIdleKeepsContainersAndWakeStartsThem(t *testing.T) {
+	c := newCluster(t)
+	c.rt.SetExec(func(string, []string) int { return 0 })
+	s := spec("web", 2)
+	s.Port = 8080
+	s.Routes = []string{"web.test"}
+	s.Health = &api.Health{Exec: []string{"true"}}
+	s.Idle = &api.Idle{StopAfter: api.Duration(2 * time.Second)}
+	c.deploy(s)
+	c.waitHealthy("web", 2)
+	before := c.rt.Running()
+
+	c.waitFor("idled", func() (bool, string) {
+		insts := c.instances("web")
+		idle := 0
+		for _, i := range insts {
+			if i.Status.State == api.StateIdle {
+				idle++
+			}
+		}
+		all, _ := c.rt.List(c.ctx, nil)
+		return idle == 2 && len(c.rt.Running()) == 0 && len(all) == 2, fmt.Sprintf("%d idle, %d running, %d containers", idle, len(c.rt.Running()), len(all))
+	})
+	if err := c.client.Wake(c.ctx, "web"); err != nil {
+		t.Fatal(err)
+	}
+	c.waitHealthy("web", 2)
+	after := c.rt.Running()
+	ids := map[string]bool{before[0].ID: true, before[1].ID: true}
+	if !ids[after[0].ID] || !ids[after[1].ID] {
+		t.Fatalf("wake made new containers: before %v, after %v", before, after)
+	}
+	for _, i := range c.instances("web") {
+		if i.Status.Restarts != 0 {
+			t.Errorf("%s counted %d restarts: an idle stop is not a crash", i.Name, i.Status.Restarts)
+		}
+	}
+}
