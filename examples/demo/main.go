@@ -7,6 +7,8 @@
 //	GET /sick      switches the process into sick mode (POST works too)
 //	GET /crash     answers, then exits with code 3 about 50ms later
 //	GET /slow?ms=N sleeps N milliseconds, then answers
+//	GET /events    server-sent events: "data: 1" .. "data: n" (?n=5), every ?ms=100
+//	GET /ws        WebSocket echo
 //
 // It listens on :$PORT (default 8080), shuts down gracefully on SIGTERM or
 // SIGINT (exit code 0) and, when EXIT_AFTER (or -exit-after) is set to a
@@ -26,6 +28,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/coder/websocket"
 )
 
 // demo holds the state shared by the handlers.
@@ -76,7 +80,59 @@ func (d *demo) routes() http.Handler {
 		case <-r.Context().Done(): // client went away
 		}
 	})
+	mux.HandleFunc("GET /events", serverSentEvents)
+	mux.HandleFunc("GET /ws", echoWebSocket)
 	return mux
+}
+
+// serverSentEvents streams `data: <i>` n times (default 5), every ms
+// milliseconds (default 100), flushing each event as it is written.
+func serverSentEvents(w http.ResponseWriter, r *http.Request) {
+	n, ms := queryInt(r, "n", 5), queryInt(r, "ms", 100)
+	flusher, ok := w.(http.Flusher)
+	if !ok {
+		http.Error(w, "streaming unsupported", http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", "text/event-stream")
+	w.Header().Set("Cache-Control", "no-cache")
+	for i := 1; i <= n; i++ {
+		fmt.Fprintf(w, "data: %d\n\n", i)
+		flusher.Flush()
+		if i == n {
+			break
+		}
+		select {
+		case <-time.After(time.Duration(ms) * time.Millisecond):
+		case <-r.Context().Done():
+			return
+		}
+	}
+}
+
+// echoWebSocket sends every message back as it came.
+func echoWebSocket(w http.ResponseWriter, r *http.Request) {
+	c, err := websocket.Accept(w, r, &websocket.AcceptOptions{InsecureSkipVerify: true})
+	if err != nil {
+		return
+	}
+	defer c.CloseNow()
+	for {
+		typ, msg, err := c.Read(r.Context())
+		if err != nil {
+			return
+		}
+		if err := c.Write(r.Context(), typ, msg); err != nil {
+			return
+		}
+	}
+}
+
+func queryInt(r *http.Request, key string, def int) int {
+	if n, err := strconv.Atoi(r.URL.Query().Get(key)); err == nil && n >= 0 {
+		return n
+	}
+	return def
 }
 
 func main() {

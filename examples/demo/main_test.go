@@ -1,11 +1,15 @@
 package main
 
 import (
+	"context"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/coder/websocket"
 )
 
 func get(t *testing.T, srv *httptest.Server, path string) (int, string) {
@@ -103,5 +107,31 @@ func TestCrash(t *testing.T) {
 		}
 	case <-time.After(2 * time.Second):
 		t.Fatal("no exit after /crash")
+	}
+}
+
+func TestEventsAndWebSocket(t *testing.T) {
+	srv := httptest.NewServer((&demo{}).routes())
+	defer srv.Close()
+	resp, err := http.Get(srv.URL + "/events?n=3&ms=1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if got := string(body); got != "data: 1\n\ndata: 2\n\ndata: 3\n\n" || resp.Header.Get("Content-Type") != "text/event-stream" {
+		t.Fatalf("events = %q (%s)", got, resp.Header.Get("Content-Type"))
+	}
+	ctx := context.Background()
+	c, _, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(srv.URL, "http")+"/ws", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.CloseNow()
+	if err := c.Write(ctx, websocket.MessageText, []byte("ping")); err != nil {
+		t.Fatal(err)
+	}
+	if _, msg, err := c.Read(ctx); err != nil || string(msg) != "ping" {
+		t.Fatalf("echo = %q, %v", msg, err)
 	}
 }
