@@ -4,7 +4,7 @@
 #   berth/demo:2     the same with DEMO_VERSION=2 (for rolling updates)
 #   berth/busybox:1  Debian's busybox-static on scratch
 # Usage: scripts/build-images.sh [--if-missing]
-#   --if-missing  only build images `docker image inspect` does not find
+#   --if-missing  only build images that are missing or older than their sources
 set -euo pipefail
 
 die() { echo "build-images: $*" >&2; exit 1; }
@@ -23,8 +23,17 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.." || die "cannot cd to the repository root"
 command -v docker >/dev/null 2>&1 || die "docker not found (see scripts/docker-up.sh)"
 timeout 10 docker info >/dev/null 2>&1 || die "Docker engine does not answer (start it with scripts/docker-up.sh)"
 
+# Each image carries a hash of its sources (label berth.source), so that
+# --if-missing also rebuilds an image whose sources changed.
+demo_source=$(cat examples/demo/*.go examples/demo/Dockerfile go.mod go.sum | sha256sum | cut -c1-16)
+busybox_source=$(cat examples/busybox/Dockerfile | sha256sum | cut -c1-16)
+source_of() { case "$1" in berth/demo:*) echo "$demo_source" ;; *) echo "$busybox_source" ;; esac; }
+
 # wanted IMAGE: true when IMAGE should be built.
-wanted() { ! $if_missing || ! docker image inspect "$1" >/dev/null 2>&1; }
+wanted() {
+  ! $if_missing && return 0
+  [ "$(docker image inspect -f '{{index .Config.Labels "berth.source"}}' "$1" 2>/dev/null)" != "$(source_of "$1")" ]
+}
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/berth-images.XXXXXX") || die "mktemp failed"
 trap 'rm -rf "$tmp"' EXIT
@@ -34,7 +43,7 @@ build() {
   local image=$1 ctx=$2 out start
   shift 2
   start=$SECONDS
-  out=$(docker build -q -t "$image" "$@" "$ctx" 2>&1) || { echo "$out" >&2; die "docker build of $image failed"; }
+  out=$(docker build -q -t "$image" --label "berth.source=$(source_of "$image")" "$@" "$ctx" 2>&1) || { echo "$out" >&2; die "docker build of $image failed"; }
   echo "built $image ($(docker image inspect -f '{{.Id}}' "$image" | cut -c1-19), $((SECONDS - start))s)"
 }
 
