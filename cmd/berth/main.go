@@ -50,6 +50,7 @@ Docker engine in one process), then use the other verbs as its client.`,
 		upCmd(g),
 		deployCmd(g), psCmd(g), logsCmd(g), scaleCmd(g), rmCmd(g),
 		appsCmd(g), eventsCmd(g), nodesCmd(g), statusCmd(g),
+		routesCmd(g), gatewayCmd(g),
 	)
 	if err := root.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "berth:", err)

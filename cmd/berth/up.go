@@ -16,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
 
 	"berth/internal/agent"
@@ -33,6 +34,7 @@ type upOptions struct {
 	advertise string
 	logLevel  string
 	workers   int
+	gateway   string
 }
 
 func upCmd(g *globals) *cobra.Command {
@@ -56,6 +58,7 @@ the next 'berth up' adopts them.`,
 	f.StringVar(&o.dockerURL, "docker", "", "Docker engine address (default: DOCKER_HOST or the local socket)")
 	f.StringVar(&o.advertise, "advertise", "127.0.0.1", "address where instances' published ports answer")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
+	f.StringVar(&o.gateway, "gateway-addr", "127.0.0.1:8080", "address of the gateway (\"\" for none)")
 	f.IntVar(&o.workers, "workers", 32, "containers the agent creates or stops at once")
 	return cmd
 }
@@ -118,8 +121,21 @@ func runUp(parent context.Context, g *globals, o *upOptions) error {
 			return nil
 		},
 	}
-	httpSrv := &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 10 * time.Second}
-	errc := make(chan error, 3)
+	errc := make(chan error, 4)
+	apiHandler := srv.Handler()
+	if o.gateway != "" {
+		p, gerrc, err := startGateway(ctx, client.New(lis.Addr().String(), token), o.gateway, prometheus.NewRegistry(), log.With("component", "gateway"))
+		if err != nil {
+			return err
+		}
+		go func() { errc <- <-gerrc }()
+		// The gateway's metrics are served beside the API, without a token.
+		mux := http.NewServeMux()
+		mux.Handle("GET /metrics", p.MetricsHandler())
+		mux.Handle("/", apiHandler)
+		apiHandler = mux
+	}
+	httpSrv := &http.Server{Handler: apiHandler, ReadHeaderTimeout: 10 * time.Second}
 	go func() { errc <- httpSrv.Serve(lis) }()
 	log.Info("API listening", "addr", "http://"+lis.Addr().String(), "token_file", filepath.Join(g.dataDir, tokenFile))
 
