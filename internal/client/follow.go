@@ -13,7 +13,9 @@ import (
 func (c *Client) FollowInstances(ctx context.Context, f InstanceFilter, onChange func(all map[string]api.Instance, changed []string)) {
 	follow(ctx,
 		func() (api.List[api.Instance], error) { return c.ListInstances(ctx, f) },
-		func(rev int64) (<-chan api.WatchEvent[api.Instance], <-chan error) { return c.WatchInstances(ctx, f, rev) },
+		func(rev int64) (<-chan api.WatchEvent[api.Instance], <-chan error) {
+			return c.WatchInstances(ctx, f, rev)
+		},
 		func(i api.Instance) string { return i.Name }, onChange)
 }
 
