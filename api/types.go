@@ -121,7 +121,11 @@ type Status struct {
 	State       string    `json:"state"`
 	Healthy     bool      `json:"healthy,omitempty"`
 	ContainerID string    `json:"container_id,omitempty"`
-	Address     string    `json:"address,omitempty"` // host:port where the instance's port answers
+	Address     string    `json:"address,omitempty"` // node address:published port, where the instance answers
+	// ContainerAddress is the container's own IP:port, reachable from its
+	// node only; a gateway on that node uses it and skips the engine's
+	// userland port proxy.
+	ContainerAddress string `json:"container_address,omitempty"`
 	Restarts    int       `json:"restarts,omitempty"`
 	ExitCode    *int      `json:"exit_code,omitempty"` // of the last exit
 	Error       string    `json:"error,omitempty"`     // last error

@@ -469,6 +469,7 @@ func (a *Agent) start(ctx context.Context, inst api.Instance, l *local, id strin
 	st := l.current()
 	st.State, st.Healthy, st.Replace = api.StateStarting, false, false
 	st.ContainerID, st.Address, st.StartedAt = c.ID, a.address(c), c.StartedAt
+	st.ContainerAddress = containerAddress(c, inst.Spec.Port)
 	if err := a.report(ctx, inst.Name, l, st); err != nil {
 		return err
 	}
@@ -484,8 +485,9 @@ func (a *Agent) adopt(ctx context.Context, inst api.Instance, l *local, c runtim
 	}
 	st := l.current()
 	wasHealthy := st.ContainerID == c.ID && st.Healthy
-	if st.ContainerID != c.ID || st.Address != a.address(c) {
+	if st.ContainerID != c.ID || st.Address != a.address(c) || st.ContainerAddress != containerAddress(c, inst.Spec.Port) {
 		st.ContainerID, st.Address, st.StartedAt = c.ID, a.address(c), c.StartedAt
+		st.ContainerAddress = containerAddress(c, inst.Spec.Port)
 		st.State, st.Healthy = api.StateStarting, false
 		if err := a.report(ctx, inst.Name, l, st); err != nil {
 			return err
@@ -521,7 +523,7 @@ func (a *Agent) restart(ctx context.Context, inst api.Instance, l *local, c runt
 		}
 		l.nextStart = time.Now().Add(backoff)
 		code := c.ExitCode
-		st.State, st.Healthy, st.Address = api.StateExited, false, ""
+		st.State, st.Healthy, st.Address, st.ContainerAddress = api.StateExited, false, "", ""
 		st.ExitCode, st.Restarts = &code, st.Restarts+1
 		st.Error = fmt.Sprintf("exited with code %d; restarting in %s", code, backoff)
 		if c.OOMKilled {
@@ -555,7 +557,7 @@ func (a *Agent) idle(ctx context.Context, inst api.Instance, l *local, c *runtim
 			return err
 		}
 	}
-	st.State, st.Healthy, st.Address, st.Error = api.StateIdle, false, "", ""
+	st.State, st.Healthy, st.Address, st.ContainerAddress, st.Error = api.StateIdle, false, "", "", ""
 	if c != nil {
 		st.ContainerID = c.ID
 	}
@@ -585,10 +587,17 @@ func (a *Agent) address(c runtime.Container) string {
 // its address is known, since the engine's port proxy accepts connections
 // even when nothing listens behind it.
 func probeAddress(c runtime.Container, port int, published string) string {
-	if c.IP != "" && port > 0 {
-		return net.JoinHostPort(c.IP, strconv.Itoa(port))
+	if addr := containerAddress(c, port); addr != "" {
+		return addr
 	}
 	return published
+}
+
+func containerAddress(c runtime.Container, port int) string {
+	if c.IP == "" || port == 0 {
+		return ""
+	}
+	return net.JoinHostPort(c.IP, strconv.Itoa(port))
 }
 
 func (l *local) current() api.Status {
@@ -625,7 +634,7 @@ func statusEqual(a, b api.Status) bool {
 	codeEq := (a.ExitCode == nil) == (b.ExitCode == nil) && (a.ExitCode == nil || *a.ExitCode == *b.ExitCode)
 	a.ExitCode, b.ExitCode = nil, nil
 	return codeEq && a.State == b.State && a.Healthy == b.Healthy && a.ContainerID == b.ContainerID &&
-		a.Address == b.Address && a.Restarts == b.Restarts && a.Error == b.Error && a.Replace == b.Replace &&
+		a.Address == b.Address && a.ContainerAddress == b.ContainerAddress && a.Restarts == b.Restarts && a.Error == b.Error && a.Replace == b.Replace &&
 		a.StartedAt.Equal(b.StartedAt)
 }
 
