@@ -299,7 +299,11 @@ func (b *bench) startBerth(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	b.up = exec.Command(b.berthBin, "up", "--listen", b.addr, "--data-dir", b.dataDir)
+	gwPort, err := freePort()
+	if err != nil {
+		return err
+	}
+	b.up = exec.Command(b.berthBin, "up", "--listen", b.addr, "--data-dir", b.dataDir, "--gateway-addr", fmt.Sprintf("127.0.0.1:%d", gwPort))
 	b.up.Stdout, b.up.Stderr = logFile, logFile
 	// Own process group: Ctrl-C reaches the bench, which stops berth before
 	// removing the containers (else the agent would make them again).
