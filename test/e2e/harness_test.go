@@ -26,6 +26,7 @@ import (
 // berth is one `berth up` started by a test, with its own data dir.
 type berth struct {
 	addr    string // 127.0.0.1:<port> of the API
+	gwAddr  string // 127.0.0.1:<port> of the gateway
 	dataDir string
 	logPath string // berth's stdout and stderr, across restarts
 	token   string
@@ -49,6 +50,7 @@ func startBerth(t *testing.T) *berth {
 	}
 	b := &berth{
 		addr:    net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(t))),
+		gwAddr:  net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(t))),
 		dataDir: t.TempDir(),
 	}
 	b.logPath = filepath.Join(t.TempDir(), "berth.log")
@@ -81,6 +83,7 @@ func (b *berth) launch(t *testing.T) {
 		}
 		t.Logf("%v; trying another port", err)
 		b.addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(t)))
+		b.gwAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(t)))
 	}
 
 	tok, err := os.ReadFile(filepath.Join(b.dataDir, "token"))
@@ -138,9 +141,9 @@ func (b *berth) startProcess(t *testing.T) error {
 	b.starts++
 	// --data-dir is a persistent flag: put it before the verb on the first
 	// start and after it on restarts, so that both spellings are exercised.
-	args := []string{"--data-dir", b.dataDir, "up", "--listen", b.addr}
+	args := []string{"--data-dir", b.dataDir, "up", "--listen", b.addr, "--gateway-addr", b.gwAddr}
 	if b.starts > 1 {
-		args = []string{"up", "--listen", b.addr, "--data-dir", b.dataDir}
+		args = []string{"up", "--listen", b.addr, "--gateway-addr", b.gwAddr, "--data-dir", b.dataDir}
 	}
 	fmt.Fprintf(logf, "==== e2e: start %d: berth %s\n", b.starts, strings.Join(args, " "))
 	cmd := exec.Command(berthBin, args...)
