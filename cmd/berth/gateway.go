@@ -23,12 +23,12 @@ import (
 
 // startGateway runs the proxy on addr, fed from the API through cl, until
 // ctx ends. It returns the proxy (for its metrics) once it listens.
-func startGateway(ctx context.Context, cl *client.Client, addr string, reg prometheus.Registerer, log *slog.Logger) (*gateway.Proxy, <-chan error, error) {
+func startGateway(ctx context.Context, cl *client.Client, addr, localNode string, reg prometheus.Registerer, log *slog.Logger) (*gateway.Proxy, <-chan error, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, nil, fmt.Errorf("gateway listen: %w", err)
 	}
-	f := &gateway.Follower{Client: cl, Log: log}
+	f := &gateway.Follower{Client: cl, Log: log, LocalNode: localNode}
 	p := gateway.NewProxy(f, reg, log)
 	p.OnAccess(f.Touch)
 	f.Proxy = p
@@ -41,7 +41,7 @@ func startGateway(ctx context.Context, cl *client.Client, addr string, reg prome
 }
 
 func gatewayCmd(g *globals) *cobra.Command {
-	var listen, metricsAddr, servers string
+	var listen, metricsAddr, servers, localNode string
 	cmd := &cobra.Command{
 		Use:   "gateway",
 		Short: "Run a standalone gateway: route requests by Host to apps' healthy instances",
@@ -66,7 +66,7 @@ request and reports when apps were last used. 'berth up' runs one already.`,
 				return fmt.Errorf("server: %w", err)
 			}
 			reg := prometheus.NewRegistry()
-			p, errc, err := startGateway(ctx, cl, listen, reg, log)
+			p, errc, err := startGateway(ctx, cl, listen, localNode, reg, log)
 			if err != nil {
 				return err
 			}
@@ -91,6 +91,7 @@ request and reports when apps were last used. 'berth up' runs one already.`,
 	f.StringVar(&servers, "server", "", "berth server URL(s), comma-separated (default: --addr)")
 	f.StringVar(&listen, "listen", "127.0.0.1:8080", "address the gateway serves on")
 	f.StringVar(&metricsAddr, "metrics-addr", "127.0.0.1:9180", "address of /metrics")
+	f.StringVar(&localNode, "node", "", "the node this gateway runs on, if any: its instances are reached at their container address")
 	return cmd
 }
 

@@ -124,7 +124,7 @@ func runUp(parent context.Context, g *globals, o *upOptions) error {
 	errc := make(chan error, 4)
 	apiHandler := srv.Handler()
 	if o.gateway != "" {
-		p, gerrc, err := startGateway(ctx, client.New(lis.Addr().String(), token), o.gateway, prometheus.NewRegistry(), log.With("component", "gateway"))
+		p, gerrc, err := startGateway(ctx, client.New(lis.Addr().String(), token), o.gateway, o.node, prometheus.NewRegistry(), log.With("component", "gateway"))
 		if err != nil {
 			return err
 		}

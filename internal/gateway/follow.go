@@ -18,6 +18,10 @@ type Follower struct {
 	Client *client.Client
 	Proxy  *Proxy
 	Log    *slog.Logger
+	// LocalNode, when the gateway runs on a node, makes it reach that
+	// node's instances at their container address, skipping the engine's
+	// userland port proxy.
+	LocalNode string
 	// AccessEvery is how often last-access times are sent: at most one
 	// write per app per period, however many requests.
 	AccessEvery time.Duration
@@ -76,19 +80,24 @@ func (f *Follower) Run(ctx context.Context) {
 
 func (f *Follower) rebuild() {
 	f.mu.Lock()
-	t := NewTable(BuildRoutes(f.apps, f.insts))
+	t := NewTable(BuildRoutes(f.apps, f.insts, f.LocalNode))
 	f.mu.Unlock()
 	f.Proxy.SetTable(t)
 }
 
 // BuildRoutes turns apps and their instances into the gateway's view:
 // each routed app with the addresses of its routable instances.
-func BuildRoutes(apps map[string]api.App, insts map[string]api.Instance) []AppRoutes {
+func BuildRoutes(apps map[string]api.App, insts map[string]api.Instance, localNode string) []AppRoutes {
 	upstreams := map[string][]string{}
 	for _, i := range insts {
-		if i.Routable() {
-			upstreams[i.App] = append(upstreams[i.App], i.Status.Address)
+		if !i.Routable() {
+			continue
 		}
+		addr := i.Status.Address
+		if i.Node == localNode && i.Status.ContainerAddress != "" {
+			addr = i.Status.ContainerAddress
+		}
+		upstreams[i.App] = append(upstreams[i.App], addr)
 	}
 	var out []AppRoutes
 	for _, a := range apps {

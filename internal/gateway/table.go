@@ -1,83 +1,173 @@
-// Package gateway is berth's HTTP entry point: it routes requests by Host to
-// the healthy instances of apps, holds requests for idled apps while they
-// are woken, and exposes Prometheus metrics. The table it routes by is fed
-// from outside (see Follower) and swapped atomically.
+// Package gateway is berth's HTTP gateway: it routes requests by their Host
+// header to the healthy instances of apps, balances them by least outstanding
+// requests, holds requests for idled apps while they are woken, and exports
+// Prometheus metrics. It is fed routing tables from outside (see follow.go)
+// and knows nothing of the store or the container runtime.
 package gateway
 
 import (
-	"net"
-	"sort"
 	"strings"
 	"time"
+	"unsafe"
+)
+
+// Defaults applied to AppRoutes fields left at zero.
+const (
+	DefaultWakeTimeout = 30 * time.Second
+	DefaultTimeout     = 60 * time.Second
 )
 
 // AppRoutes is one app as the gateway sees it.
 type AppRoutes struct {
 	App         string
-	Hosts       []string      // "hello.localtest.me" (exact) or "*.hello.test" (any name under hello.test)
-	Upstreams   []string      // host:port of the app's healthy instances
+	Hosts       []string      // "hello.localtest.me" (exact) or "*.hello.test" (wildcard: any name ending in ".hello.test")
+	Upstreams   []string      // "host:port" of the app's healthy instances; may be empty
 	IdleEnabled bool          // the app scales to zero and can be woken
-	Idle        bool          // the app is idled right now
-	WakeTimeout time.Duration // how long a request waits for a wake (default 30s)
-	Timeout     time.Duration // per-request upstream timeout (0: none)
+	Idle        bool          // the app is idled right now (informational)
+	WakeTimeout time.Duration // how long a request waits for a wake (default 30s when 0)
+	// Timeout bounds one proxied request up to its response header, and the
+	// body of a buffered response (default 60s when 0; negative: none).
+	// Streamed response bodies (SSE, chunked, large) and WebSocket
+	// connections are not bounded by it.
+	Timeout time.Duration
 }
 
-// Table is an immutable routing snapshot.
+// Table is an immutable routing snapshot. The zero Table routes nothing.
 type Table struct {
-	exact    map[string]*AppRoutes
-	wildcard []wildcardRoute // longest suffix first
-	apps     []AppRoutes
+	apps  []AppRoutes
+	exact map[string]int // host -> index in apps
+	wild  map[string]int // ".suffix" (from "*.suffix") -> index in apps
+	// minWild is the length of the shortest wildcard suffix: hosts no
+	// longer skip the wildcard search.
+	minWild int
 }
 
-type wildcardRoute struct {
-	suffix string // ".hello.test"
-	app    *AppRoutes
-}
-
-// NewTable indexes apps by host.
+// NewTable builds a table from apps. Hosts are matched case-insensitively
+// and without a trailing dot; when two apps list the same host, the first
+// one listed gets it. Entries that are not host names are ignored. The
+// slices of apps are copied, so the caller may reuse them.
 func NewTable(apps []AppRoutes) *Table {
-	t := &Table{exact: map[string]*AppRoutes{}, apps: apps}
-	for i := range apps {
-		a := &t.apps[i]
+	t := &Table{
+		apps:  make([]AppRoutes, len(apps)),
+		exact: make(map[string]int),
+		wild:  make(map[string]int),
+	}
+	for i, a := range apps {
+		a.Hosts = append([]string(nil), a.Hosts...)
+		a.Upstreams = append([]string(nil), a.Upstreams...)
+		t.apps[i] = a
 		for _, h := range a.Hosts {
-			h = strings.ToLower(h)
-			if strings.HasPrefix(h, "*.") {
-				t.wildcard = append(t.wildcard, wildcardRoute{suffix: h[1:], app: a})
-			} else {
-				t.exact[h] = a
+			h = strings.TrimSuffix(strings.ToLower(strings.TrimSpace(h)), ".")
+			if suffix, ok := strings.CutPrefix(h, "*"); ok {
+				if len(suffix) < 2 || suffix[0] != '.' || strings.ContainsAny(suffix, "*:/ ") {
+					continue
+				}
+				if _, dup := t.wild[suffix]; !dup {
+					t.wild[suffix] = i
+					if t.minWild == 0 || len(suffix) < t.minWild {
+						t.minWild = len(suffix)
+					}
+				}
+				continue
+			}
+			if h == "" || strings.ContainsAny(h, "*/ ") {
+				continue
+			}
+			if _, dup := t.exact[h]; !dup {
+				t.exact[h] = i
 			}
 		}
 	}
-	sort.SliceStable(t.wildcard, func(i, j int) bool { return len(t.wildcard[i].suffix) > len(t.wildcard[j].suffix) })
 	return t
 }
 
-// Lookup finds the app for a Host header: port stripped, case-insensitive,
-// exact names before wildcards, the longest wildcard first.
+// Lookup finds the app serving host: the port is stripped and case does
+// not matter; an exact name wins over wildcards, and the longest matching
+// wildcard suffix over shorter ones. The result points into the table and
+// must not be modified.
 func (t *Table) Lookup(host string) (*AppRoutes, bool) {
-	host = normalizeHost(host)
-	if a, ok := t.exact[host]; ok {
-		return a, true
+	i := t.index(unsafe.Slice(unsafe.StringData(host), len(host)))
+	if i < 0 {
+		return nil, false
 	}
-	for _, w := range t.wildcard {
-		if len(host) > len(w.suffix) && strings.HasSuffix(host, w.suffix) {
-			return w.app, true
-		}
-	}
-	return nil, false
+	return &t.apps[i], true
 }
 
-// Apps lists the table's apps.
-func (t *Table) Apps() []AppRoutes { return t.apps }
-
-func normalizeHost(host string) string {
-	if h, _, err := net.SplitHostPort(host); err == nil {
-		host = h
+// Apps returns a copy of the apps of the table, in the order given.
+func (t *Table) Apps() []AppRoutes {
+	if t == nil {
+		return nil
 	}
-	host = strings.TrimSuffix(host, ".")
-	for i := 0; i < len(host); i++ {
-		if c := host[i]; 'A' <= c && c <= 'Z' {
-			return strings.ToLower(host)
+	return append([]AppRoutes(nil), t.apps...)
+}
+
+// maxHost bounds the host names looked up without allocating; longer
+// names (beyond DNS's 253) never match.
+const maxHost = 256
+
+// index returns the index of the app serving host (a Host header value), or
+// -1. It does not allocate and does not retain host.
+func (t *Table) index(host []byte) int {
+	if t == nil || len(t.apps) == 0 {
+		return -1
+	}
+	host = stripPort(host)
+	if n := len(host); n > 0 && host[n-1] == '.' {
+		host = host[:n-1]
+	}
+	if len(host) == 0 || len(host) > maxHost {
+		return -1
+	}
+	var buf [maxHost]byte
+	for i, c := range host {
+		if 'A' <= c && c <= 'Z' {
+			n := copy(buf[:], host)
+			for j := i; j < n; j++ {
+				if c := buf[j]; 'A' <= c && c <= 'Z' {
+					buf[j] = c + 'a' - 'A'
+				}
+			}
+			host = buf[:n]
+			break
+		}
+	}
+	// The string conversions below are only used as map keys for lookups,
+	// which the compiler does without copying.
+	if i, ok := t.exact[string(host)]; ok {
+		return i
+	}
+	if t.minWild == 0 || len(host) <= t.minWild {
+		return -1
+	}
+	// The longest suffix starts at the leftmost dot.
+	for i := 1; i+t.minWild <= len(host); i++ {
+		if host[i] != '.' {
+			continue
+		}
+		if j, ok := t.wild[string(host[i:])]; ok {
+			return j
+		}
+	}
+	return -1
+}
+
+// stripPort removes a ":port" from a Host value, keeping an IPv6 literal's
+// brackets.
+func stripPort(host []byte) []byte {
+	if len(host) > 0 && host[0] == '[' {
+		for i, c := range host {
+			if c == ']' {
+				return host[:i+1]
+			}
+		}
+		return host
+	}
+	for i := len(host) - 1; i >= 0; i-- {
+		switch host[i] {
+		case ':':
+			return host[:i]
+		case '.', ']':
+			return host
 		}
 	}
 	return host
