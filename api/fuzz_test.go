@@ -64,7 +64,6 @@ func FuzzParseAppSpec(f *testing.F) {
 	})
 }
 
-
 func mustBeFieldError(t *testing.T, err error) {
 	t.Helper()
 	var fe *FieldError

@@ -62,15 +62,15 @@ type App struct {
 	// TemplateRevision is the revision at which the instance template (all
 	// of the spec but replicas) last changed; instances made from an older
 	// template are replaced by a rolling update.
-	TemplateRevision int64     `json:"template_revision"`
-	Deleting         bool      `json:"deleting,omitempty"`
+	TemplateRevision int64 `json:"template_revision"`
+	Deleting         bool  `json:"deleting,omitempty"`
 	// Idled: scaled to zero for want of requests; its containers are
 	// stopped, not removed, so that a wake is a start.
 	Idled   bool      `json:"idled,omitempty"`
 	IdledAt time.Time `json:"idled_at,omitempty"`
 	WokenAt time.Time `json:"woken_at,omitempty"`
-	Created          time.Time `json:"created"`
-	Updated          time.Time `json:"updated"`
+	Created time.Time `json:"created"`
+	Updated time.Time `json:"updated"`
 	// Version is the store revision of this record, for compare-and-swap.
 	Version int64 `json:"version,omitempty"`
 }
@@ -118,20 +118,20 @@ type Instance struct {
 
 // Status is what the agent reports about an instance.
 type Status struct {
-	State       string    `json:"state"`
-	Healthy     bool      `json:"healthy,omitempty"`
-	ContainerID string    `json:"container_id,omitempty"`
-	Address     string    `json:"address,omitempty"` // node address:published port, where the instance answers
+	State       string `json:"state"`
+	Healthy     bool   `json:"healthy,omitempty"`
+	ContainerID string `json:"container_id,omitempty"`
+	Address     string `json:"address,omitempty"` // node address:published port, where the instance answers
 	// ContainerAddress is the container's own IP:port, reachable from its
 	// node only; a gateway on that node uses it and skips the engine's
 	// userland port proxy.
-	ContainerAddress string `json:"container_address,omitempty"`
-	Restarts    int       `json:"restarts,omitempty"`
-	ExitCode    *int      `json:"exit_code,omitempty"` // of the last exit
-	Error       string    `json:"error,omitempty"`     // last error
-	Replace     bool      `json:"replace,omitempty"`   // unhealthy past its retries: the server replaces it
-	StartedAt   time.Time `json:"started_at,omitempty"`
-	Updated     time.Time `json:"updated,omitempty"`
+	ContainerAddress string    `json:"container_address,omitempty"`
+	Restarts         int       `json:"restarts,omitempty"`
+	ExitCode         *int      `json:"exit_code,omitempty"` // of the last exit
+	Error            string    `json:"error,omitempty"`     // last error
+	Replace          bool      `json:"replace,omitempty"`   // unhealthy past its retries: the server replaces it
+	StartedAt        time.Time `json:"started_at,omitempty"`
+	Updated          time.Time `json:"updated,omitempty"`
 }
 
 // Ready reports whether the instance is wanted, running and healthy.

@@ -31,8 +31,8 @@ var (
 
 type bench struct {
 	tmp, api, gw, token, cluster string
-	up                  *exec.Cmd
-	http                *http.Client
+	up                           *exec.Cmd
+	http                         *http.Client
 }
 
 func main() {
