@@ -1,7 +1,7 @@
 // Command gateway benchmarks berth's gateway in one run on this machine:
-// throughput and p99 with wrk at 64 connections against two instances of
-// berth/demo:1 directly, through berth's gateway and through nginx with
-// keep-alive upstreams to the same addresses; and the cold wake of an idled
+// throughput and p99 with wrk at 64 connections, in rounds (medians),
+// against two instances of berth/demo:1 directly, through berth's gateway
+// and through nginx with keep-alive upstreams to the same addresses; and the cold wake of an idled
 // app against the floor of `docker start` of a stopped container until its
 // first HTTP 200.
 package main
@@ -17,15 +17,18 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"sort"
 	"strings"
+	"syscall"
 	"time"
 )
 
 var (
 	berthBin = flag.String("berth", "", "berth binary")
 	out      = flag.String("out", "", "write the results here too")
-	duration = flag.Duration("d", 10*time.Second, "wrk duration per target")
+	duration = flag.Duration("d", 5*time.Second, "wrk duration per target and round")
+	rounds   = flag.Int("rounds", 5, "rounds of direct, gateway and nginx")
 	wakes    = flag.Int("wakes", 10, "cold wakes to time")
 )
 
@@ -86,13 +89,29 @@ func (b *bench) run() error {
 		return err
 	}
 	defer stopNginx()
-	direct := wrk("http://"+addrs[0]+"/", "gw.bench")
-	gateway := wrk("http://"+b.gw+"/", "gw.bench")
-	nginx := wrk("http://"+nginxAddr+"/", "gw.bench")
-	for _, r := range []wrkResult{direct, gateway, nginx} {
-		if r.err != nil {
-			return r.err
+	// Rounds alternate which proxy goes first, so that neither always runs
+	// on the warmer (or noisier) side of the machine; the ratio is the
+	// median of the rounds' ratios.
+	var direct, gateway, nginx []wrkResult
+	var ratios []float64
+	for r := 0; r < *rounds; r++ {
+		d := wrk("http://"+addrs[0]+"/", "gw.bench")
+		var g, n wrkResult
+		if r%2 == 0 {
+			g = wrk("http://"+b.gw+"/", "gw.bench")
+			n = wrk("http://"+nginxAddr+"/", "gw.bench")
+		} else {
+			n = wrk("http://"+nginxAddr+"/", "gw.bench")
+			g = wrk("http://"+b.gw+"/", "gw.bench")
 		}
+		for _, res := range []wrkResult{d, g, n} {
+			if res.err != nil {
+				return res.err
+			}
+		}
+		direct, gateway, nginx = append(direct, d), append(gateway, g), append(nginx, n)
+		ratios = append(ratios, g.rps/n.rps)
+		fmt.Fprintf(os.Stderr, "round %d: direct %.0f, gateway %.0f, nginx %.0f req/s: ratio %.2f\n", r+1, d.rps, g.rps, n.rps, g.rps/n.rps)
 	}
 	if _, err := b.cli("rm", "gw"); err != nil {
 		return err
@@ -118,20 +137,21 @@ func (b *bench) run() error {
 		cold = append(cold, time.Since(t0))
 	}
 
-	report := fmt.Sprintf(`berth gateway bench  %s  nproc 2  (one run; wrk -t2 -c64 -d%s --latency)
+	report := fmt.Sprintf(`berth gateway bench  %s  nproc %d  (one run: %d rounds of wrk -t2 -c64 -d%s --latency each; medians)
 
 throughput, 2 instances of berth/demo:1 (cpu 900m each)
   direct (one instance)   %8.0f req/s   p99 %s
   berth gateway           %8.0f req/s   p99 %s
   nginx (keepalive 64)    %8.0f req/s   p99 %s
-  ratio gateway/nginx     %8.2f         (target >= 1.0; not done below 0.8)
+  ratio gateway/nginx     %8.2f         (rounds: %s; target >= 1.0; not done below 0.8)
 
 cold wake, p50 of %d
   berth: request to an idled app until its response   %s   (all: %s)
   floor: docker start of a stopped container until HTTP 200   %s   (all: %s)
   ratio berth/floor   %.2f   (target <= 1.2)
-`, time.Now().UTC().Format(time.RFC3339), *duration,
-		direct.rps, direct.p99, gateway.rps, gateway.p99, nginx.rps, nginx.p99, gateway.rps/nginx.rps,
+`, time.Now().UTC().Format(time.RFC3339), runtime.NumCPU(), *rounds, *duration,
+		medianRPS(direct), medianP99(direct), medianRPS(gateway), medianP99(gateway), medianRPS(nginx), medianP99(nginx),
+		median(ratios), listRatios(ratios),
 		*wakes, p50(cold), list(cold), p50(floor), list(floor), p50(cold).Seconds()/p50(floor).Seconds())
 	fmt.Print("\n" + report)
 	if *out != "" {
@@ -243,8 +263,44 @@ func (b *bench) cleanup() {
 
 type wrkResult struct {
 	rps float64
-	p99 string
+	p99 time.Duration
 	err error
+}
+
+func median(xs []float64) float64 {
+	s := append([]float64(nil), xs...)
+	sort.Float64s(s)
+	if len(s) == 0 {
+		return 0
+	}
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+func medianRPS(rs []wrkResult) float64 {
+	var xs []float64
+	for _, r := range rs {
+		xs = append(xs, r.rps)
+	}
+	return median(xs)
+}
+
+func medianP99(rs []wrkResult) time.Duration {
+	var xs []float64
+	for _, r := range rs {
+		xs = append(xs, float64(r.p99))
+	}
+	return time.Duration(median(xs)).Round(10 * time.Microsecond)
+}
+
+func listRatios(xs []float64) string {
+	var parts []string
+	for _, x := range xs {
+		parts = append(parts, fmt.Sprintf("%.2f", x))
+	}
+	return strings.Join(parts, " ")
 }
 
 var (
@@ -268,7 +324,9 @@ func wrk(url, host string) wrkResult {
 	}
 	var r wrkResult
 	fmt.Sscan(m[1], &r.rps)
-	r.p99 = p[1]
+	if r.p99, err = time.ParseDuration(p[1]); err != nil {
+		return wrkResult{err: fmt.Errorf("wrk %s: p99 %q: %v", url, p[1], err)}
+	}
 	return r
 }
 
@@ -302,7 +360,8 @@ http {
 	if err := cmd.Start(); err != nil {
 		return "", nil, err
 	}
-	stop := func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }
+	// TERM to the master stops its workers too (a KILL would orphan them).
+	stop := func() { _ = cmd.Process.Signal(syscall.SIGTERM); _ = cmd.Wait() }
 	if err := waitFor(10*time.Second, func() bool {
 		c, err := net.Dial("tcp", addr)
 		if err == nil {

@@ -101,6 +101,12 @@ func follow(ctx context.Context, cl *client.Client, out io.Writer, name string, 
 		if err != nil {
 			return err
 		}
+		if app.Idled {
+			// Scaled to zero before the rollout was seen to finish: the
+			// next request through the gateway wakes it.
+			fmt.Fprintf(out, "%s: idle (scaled to zero, woken by its next request) after %s\n", name, time.Since(start).Round(10*time.Millisecond))
+			return nil
+		}
 		r := assess(app, insts.Items)
 		lastLine = r.String()
 		if r.done() {

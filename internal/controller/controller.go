@@ -95,7 +95,7 @@ func (c *Controller) Reconcile(ctx context.Context) error {
 		byApp[inst.App] = append(byApp[inst.App], inst)
 	}
 	var errs []error
-	if err := c.idleApps(ctx, apps, now); err != nil {
+	if err := c.idleApps(ctx, apps, byApp, now); err != nil {
 		errs = append(errs, err)
 	}
 	for _, app := range apps {
@@ -198,8 +198,9 @@ func (c *Controller) writeInBatches(ctx context.Context, ops []store.Op) error {
 
 // idleApps scales to zero the apps with an idle policy whose last request
 // (or deploy, or wake) is older than their stop_after. The instances follow
-// on the next pass.
-func (c *Controller) idleApps(ctx context.Context, apps []api.App, now time.Time) error {
+// on the next pass. An app whose rollout has not settled is left alone: a
+// slow first start must not count as idle time.
+func (c *Controller) idleApps(ctx context.Context, apps []api.App, byApp map[string][]api.Instance, now time.Time) error {
 	access, _, err := store.Access.List(ctx, c.Store)
 	if err != nil {
 		return err
@@ -209,7 +210,7 @@ func (c *Controller) idleApps(ctx context.Context, apps []api.App, now time.Time
 		last[a.App] = a.Last
 	}
 	for i, app := range apps {
-		if app.Spec.Idle == nil || app.Idled || app.Deleting {
+		if app.Spec.Idle == nil || app.Idled || app.Deleting || !settled(app, byApp[app.Spec.Name]) {
 			continue
 		}
 		since := latest(last[app.Spec.Name], app.Updated, app.WokenAt)
@@ -233,6 +234,24 @@ func (c *Controller) idleApps(ctx context.Context, apps []api.App, now time.Time
 		apps[i] = app
 	}
 	return nil
+}
+
+// settled: the app's rollout is over: it has its replicas at the current
+// template, each past its start (healthy or not: one that cannot get
+// healthy may be idled too), and nothing else is left.
+func settled(app api.App, insts []api.Instance) bool {
+	n := 0
+	for _, inst := range insts {
+		if inst.Desired != api.DesiredRun || inst.Revision != app.TemplateRevision {
+			return false
+		}
+		switch inst.Status.State {
+		case "", api.StatePending, api.StateStarting:
+			return false
+		}
+		n++
+	}
+	return n == app.Spec.ReplicaCount()
 }
 
 func latest(ts ...time.Time) time.Time {

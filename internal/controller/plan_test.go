@@ -201,3 +201,25 @@ func equal(a, b []string) bool {
 	}
 	return true
 }
+
+func TestSettled(t *testing.T) {
+	tests := []struct {
+		name  string
+		app   api.App
+		insts []api.Instance
+		want  bool
+	}{
+		{"all healthy", app(2, 1), []api.Instance{inst(1, 1, "ok"), inst(2, 1, "ok")}, true},
+		{"one still starting", app(2, 1), []api.Instance{inst(1, 1, "ok"), inst(2, 1, "new")}, false},
+		{"not placed yet", app(1, 1), []api.Instance{inst(1, 1, "pending")}, false},
+		{"old revision left", app(1, 2), []api.Instance{inst(1, 2, "ok"), inst(2, 1, "ok")}, false},
+		{"one stopping", app(1, 1), []api.Instance{inst(1, 1, "ok"), inst(2, 1, "retired")}, false},
+		{"too few", app(2, 1), []api.Instance{inst(1, 1, "ok")}, false},
+		{"started, unhealthy", app(1, 1), []api.Instance{inst(1, 1, "sick")}, true},
+	}
+	for _, tt := range tests {
+		if got := settled(tt.app, tt.insts); got != tt.want {
+			t.Errorf("%s: settled = %v, want %v", tt.name, got, tt.want)
+		}
+	}
+}

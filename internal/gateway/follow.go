@@ -114,6 +114,9 @@ func BuildRoutes(apps map[string]api.App, insts map[string]api.Instance, localNo
 		}
 		if a.Spec.RequestTimeout != nil {
 			r.Timeout = a.Spec.RequestTimeout.D()
+			if r.Timeout == 0 {
+				r.Timeout = -1 // the spec's 0s means no timeout; the table's 0 means its default
+			}
 		}
 		out = append(out, r)
 	}
