@@ -64,6 +64,11 @@ var (
 	Events    = Kind[api.Event]{"events/", func(e *api.Event) *int64 { return &e.Version }}
 	Access    = Kind[api.Access]{"access/", func(a *api.Access) *int64 { return &a.Version }}
 	Routes    = Kind[api.RouteClaim]{"routes/", func(r *api.RouteClaim) *int64 { return &r.Version }}
+	Tasks     = Kind[api.Task]{"tasks/", func(t *api.Task) *int64 { return &t.Version }}
+	Payloads  = Kind[api.TaskPayload]{"payloads/", func(p *api.TaskPayload) *int64 { return &p.Version }}
+	TaskKeys  = Kind[api.TaskKey]{"taskkeys/", func(k *api.TaskKey) *int64 { return &k.Version }}
+	Queues    = Kind[api.Queue]{"queues/", func(q *api.Queue) *int64 { return &q.Version }}
+	Schedules = Kind[api.Schedule]{"schedules/", func(s *api.Schedule) *int64 { return &s.Version }}
 )
 
 func (k Kind[T]) key(name string) string { return root + k.prefix + name }
