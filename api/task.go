@@ -64,7 +64,7 @@ type Task struct {
 	// PlatformFailures counts attempts lost to the platform (engine error,
 	// node lost, agent restarted mid-run); they are retried on their own.
 	PlatformFailures int       `json:"platform_failures,omitempty"`
-	NotBefore        time.Time `json:"not_before,omitempty"` // retrying: the next attempt not before
+	NotBefore        time.Time `json:"not_before,omitzero"` // retrying: the next attempt not before
 	CancelRequested  bool      `json:"cancel_requested,omitempty"`
 	ExitCode         *int      `json:"exit_code,omitempty"` // of the last attempt that exited
 	Error            string    `json:"error,omitempty"`     // why it failed, for a terminal state other than succeeded
@@ -72,7 +72,7 @@ type Task struct {
 	PayloadSize      int       `json:"payload_size,omitempty"`
 	Created          time.Time `json:"created"`
 	Updated          time.Time `json:"updated"`
-	Ended            time.Time `json:"ended,omitempty"`
+	Ended            time.Time `json:"ended,omitzero"`
 	Version          int64     `json:"version,omitempty"`
 }
 
@@ -84,8 +84,8 @@ type Attempt struct {
 	ContainerID string    `json:"container_id,omitempty"`
 	State       string    `json:"state"` // starting, running, succeeded, failed, timed_out, cancelled, lost
 	Created     time.Time `json:"created"`
-	Started     time.Time `json:"started,omitempty"`
-	Ended       time.Time `json:"ended,omitempty"`
+	Started     time.Time `json:"started,omitzero"`
+	Ended       time.Time `json:"ended,omitzero"`
 	ExitCode    *int      `json:"exit_code,omitempty"`
 	Error       string    `json:"error,omitempty"`
 	// Platform: the attempt ended by the platform's fault, not the task's;
@@ -115,8 +115,8 @@ type TaskReport struct {
 	Attempt     int       `json:"attempt"`
 	State       string    `json:"state"` // running, or an end: succeeded, failed, timed_out, cancelled, lost
 	ContainerID string    `json:"container_id,omitempty"`
-	Started     time.Time `json:"started,omitempty"`
-	Ended       time.Time `json:"ended,omitempty"`
+	Started     time.Time `json:"started,omitzero"`
+	Ended       time.Time `json:"ended,omitzero"`
 	ExitCode    *int      `json:"exit_code,omitempty"`
 	Error       string    `json:"error,omitempty"`
 	// Platform marks a failure that is not the task's: the engine failed,
@@ -156,7 +156,7 @@ type Schedule struct {
 	Cron     string    `json:"cron"`              // 5 fields, or @every 5s, @hourly, ...
 	Overlap  string    `json:"overlap,omitempty"` // skip (default) or allow
 	Task     TaskSpec  `json:"task"`
-	LastRun  time.Time `json:"last_run,omitempty"` // when it last fired (or was due and skipped)
+	LastRun  time.Time `json:"last_run,omitzero"` // when it last fired (or was due and skipped)
 	LastTask string    `json:"last_task,omitempty"`
 	Created  time.Time `json:"created"`
 	Version  int64     `json:"version,omitempty"`

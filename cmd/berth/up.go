@@ -25,6 +25,7 @@ import (
 	"berth/internal/controller"
 	"berth/internal/runtime/docker"
 	"berth/internal/store"
+	"berth/internal/tasklog"
 )
 
 type upOptions struct {
@@ -35,6 +36,8 @@ type upOptions struct {
 	logLevel  string
 	workers   int
 	gateway   string
+	// taskRetention: ended tasks, their payloads and output are deleted after this.
+	taskRetention time.Duration
 }
 
 func upCmd(g *globals) *cobra.Command {
@@ -43,7 +46,9 @@ func upCmd(g *globals) *cobra.Command {
 		Use:   "up",
 		Short: "Run berth on this machine: API, controllers, embedded etcd and the local agent",
 		Long: `Run everything in one foreground process: embedded etcd (data in --data-dir),
-the API (on --listen) and the agent for the local Docker engine.
+the API (on --listen), the controllers (apps, tasks, schedules), the gateway
+(on --gateway-addr) and the agent for the local Docker engine. Task output
+is kept in <data-dir>/task-logs for --task-retention.
 
 On first start it writes an API token to <data-dir>/token; the CLI reads it
 from there. SIGTERM or Ctrl-C stops berth and leaves app containers running;
@@ -60,6 +65,7 @@ the next 'berth up' adopts them.`,
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	f.StringVar(&o.gateway, "gateway-addr", "127.0.0.1:8080", "address of the gateway (\"\" for none)")
 	f.IntVar(&o.workers, "workers", 32, "containers the agent creates or stops at once")
+	f.DurationVar(&o.taskRetention, "task-retention", 7*24*time.Hour, "how long ended tasks, their payloads and output are kept")
 	return cmd
 }
 
@@ -99,21 +105,31 @@ func runUp(parent context.Context, g *globals, o *upOptions) error {
 	}
 	log.Info("store ready", "data_dir", g.dataDir, "took", time.Since(started).Round(time.Millisecond))
 
+	if o.taskRetention <= 0 {
+		return fmt.Errorf("--task-retention: %s is not a positive duration", o.taskRetention)
+	}
+	taskLogs, err := tasklog.Open(filepath.Join(g.dataDir, "task-logs"))
+	if err != nil {
+		return fmt.Errorf("task logs: %w", err)
+	}
+
 	lis, err := net.Listen("tcp", o.listen)
 	if err != nil {
 		return fmt.Errorf("API listen: %w", err)
 	}
 	ag := &agent.Agent{
-		Client:  client.New(lis.Addr().String(), token),
-		Runtime: rt,
-		Node:    o.node,
-		Address: o.advertise,
-		Workers: o.workers,
-		Log:     log.With("component", "agent"),
+		Client:     client.New(lis.Addr().String(), token),
+		Runtime:    rt,
+		Node:       o.node,
+		Address:    o.advertise,
+		Workers:    o.workers,
+		PayloadDir: filepath.Join(g.dataDir, "task-payloads"),
+		Log:        log.With("component", "agent"),
 	}
 	srv := &apiserver.Server{
 		Store: st, Token: token, Version: version, Cluster: cluster,
-		Log: log.With("component", "api"),
+		TaskLogs: taskLogs,
+		Log:      log.With("component", "api"),
 		Logs: func(node string) apiserver.LogSource {
 			if node == o.node {
 				return ag
@@ -121,7 +137,7 @@ func runUp(parent context.Context, g *globals, o *upOptions) error {
 			return nil
 		},
 	}
-	errc := make(chan error, 4)
+	errc := make(chan error, 8)
 	apiHandler := srv.Handler()
 	if o.gateway != "" {
 		p, gerrc, err := startGateway(ctx, client.New(lis.Addr().String(), token), o.gateway, o.node, prometheus.NewRegistry(), log.With("component", "gateway"))
@@ -139,8 +155,12 @@ func runUp(parent context.Context, g *globals, o *upOptions) error {
 	go func() { errc <- httpSrv.Serve(lis) }()
 	log.Info("API listening", "addr", "http://"+lis.Addr().String(), "token_file", filepath.Join(g.dataDir, tokenFile))
 
-	ctl := &controller.Controller{Store: st, Log: log.With("component", "controller")}
+	tasks := &controller.Tasks{Store: st, Log: log.With("component", "tasks"), Cluster: cluster,
+		Retention: o.taskRetention, Logs: taskLogs}
+	// The app controller places instances around running tasks.
+	ctl := &controller.Controller{Store: st, Log: log.With("component", "controller"), Tasks: tasks}
 	go func() { errc <- ctl.Run(ctx) }()
+	go func() { errc <- tasks.Run(ctx) }()
 	go func() { errc <- ag.Run(ctx) }()
 
 	select {

@@ -32,9 +32,14 @@ type Agent struct {
 	Workers int
 	// Heartbeat is how often the node reports it is alive.
 	Heartbeat time.Duration
+	// PayloadDir is where task payloads are written for their containers
+	// to mount (default: <tmp>/berth-task-payloads/<cluster>-<node>). The
+	// agent removes whatever it holds that no attempt uses.
+	PayloadDir string
 
 	cluster string
 	queue   *workQueue
+	tasks   *taskRunner
 
 	mu     sync.Mutex
 	insts  map[string]api.Instance // instances placed on this node, as the server has them
@@ -91,6 +96,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	run(a.follow)
 	run(a.watchEngine)
 	run(a.resync)
+	a.tasks = a.newTaskRunner()
+	run(a.tasks.run)
 	for range a.Workers {
 		run(a.work)
 	}
@@ -255,6 +262,9 @@ func (a *Agent) sweep(ctx context.Context) {
 		return
 	}
 	for _, c := range containers {
+		if c.Labels[runtime.LabelTask] != "" {
+			continue // the task runner's
+		}
 		name := c.Labels[runtime.LabelInstance]
 		if c.Name != containerName(a.cluster, name, a.Node) {
 			// Labelled as this node's but not made by berth: never adopted.

@@ -15,16 +15,19 @@ import (
 	"berth/internal/controller"
 	"berth/internal/runtime/fake"
 	"berth/internal/store"
+	"berth/internal/tasklog"
 )
 
-// cluster is a server (real embedded etcd, API, controller) and one agent
-// on the fake runtime, all in-process.
+// cluster is a server (real embedded etcd, API, controller, task
+// controller) and one agent on the fake runtime, all in-process.
 type cluster struct {
-	t      *testing.T
-	rt     *fake.Runtime
-	client *client.Client
-	ctx    context.Context
-	stopAg context.CancelFunc
+	t          *testing.T
+	rt         *fake.Runtime
+	client     *client.Client
+	ctx        context.Context
+	stopAg     context.CancelFunc
+	payloadDir string
+	st         *store.Store
 }
 
 func newCluster(t *testing.T) *cluster {
@@ -40,12 +43,18 @@ func newCluster(t *testing.T) *cluster {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := &apiserver.Server{Store: st, Token: "t", Cluster: id, Log: log}
+	logs, err := tasklog.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &apiserver.Server{Store: st, Token: "t", Cluster: id, Log: log, TaskLogs: logs}
 	hs := httptest.NewServer(srv.Handler())
 	t.Cleanup(hs.Close)
-	ctl := &controller.Controller{Store: st, Log: log}
+	tasks := &controller.Tasks{Store: st, Log: log, Cluster: id, Logs: logs}
+	ctl := &controller.Controller{Store: st, Log: log, Tasks: tasks}
 	go ctl.Run(ctx)
-	c := &cluster{t: t, rt: fake.New(), client: client.New(hs.URL, "t"), ctx: ctx}
+	go tasks.Run(ctx)
+	c := &cluster{t: t, rt: fake.New(), client: client.New(hs.URL, "t"), ctx: ctx, payloadDir: t.TempDir(), st: st}
 	c.startAgent()
 	return c
 }
@@ -53,7 +62,7 @@ func newCluster(t *testing.T) *cluster {
 func (c *cluster) startAgent() {
 	actx, stop := context.WithCancel(c.ctx)
 	c.stopAg = stop
-	ag := &Agent{Client: c.client, Runtime: c.rt, Node: "n1", Address: "127.0.0.1",
+	ag := &Agent{Client: c.client, Runtime: c.rt, Node: "n1", Address: "127.0.0.1", PayloadDir: c.payloadDir,
 		Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Heartbeat: 200 * time.Millisecond}
 	done := make(chan struct{})
 	go func() { ag.Run(actx); close(done) }()

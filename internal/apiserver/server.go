@@ -16,9 +16,10 @@ import (
 
 	"berth/api"
 	"berth/internal/store"
+	"berth/internal/tasklog"
 )
 
-// MaxBodyBytes bounds every request body.
+// MaxBodyBytes bounds a request body (bodyLimit: larger for tasks).
 const MaxBodyBytes = 1 << 20
 
 // LogSource streams an instance's container output. The agent of the
@@ -38,6 +39,8 @@ type Server struct {
 	Logs func(node string) LogSource
 	// NodeTTL is how long a node stays ready without a heartbeat.
 	NodeTTL time.Duration
+	// TaskLogs keeps the output of task attempts.
+	TaskLogs *tasklog.Store
 
 	started time.Time
 }
@@ -88,6 +91,20 @@ func (s *Server) routes() []route {
 		{"GET /v1/nodes", s.listNodes},
 		{"PUT /v1/nodes/{name}", s.putNode},
 		{"GET /v1/events", s.listEvents},
+		{"POST /v1/tasks", s.submitTasks},
+		{"GET /v1/tasks", s.listTasks},
+		{"GET /v1/tasks/{id}", s.getTask},
+		{"GET /v1/tasks/{id}/payload", s.taskPayload},
+		{"POST /v1/tasks/{id}/cancel", s.cancelTask},
+		{"GET /v1/tasks/{id}/logs", s.taskLogs},
+		{"PUT /v1/tasks/{id}/attempts/{n}/log", s.putTaskLog},
+		{"POST /v1/tasks/reports", s.postTaskReports},
+		{"GET /v1/queues", s.listQueues},
+		{"PUT /v1/queues/{name}", s.putQueue},
+		{"GET /v1/schedules", s.listSchedules},
+		{"GET /v1/schedules/{name}", s.getSchedule},
+		{"PUT /v1/schedules/{name}", s.putSchedule},
+		{"DELETE /v1/schedules/{name}", s.deleteSchedule},
 	}
 }
 
@@ -106,7 +123,7 @@ func (s *Server) authenticate(next http.Handler) http.Handler {
 
 func limitBody(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		r.Body = http.MaxBytesReader(w, r.Body, MaxBodyBytes)
+		r.Body = http.MaxBytesReader(w, r.Body, bodyLimit(r))
 		next.ServeHTTP(w, r)
 	})
 }
@@ -117,7 +134,7 @@ func readBody(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
 	var tooBig *http.MaxBytesError
 	switch {
 	case errors.As(err, &tooBig):
-		writeError(w, http.StatusRequestEntityTooLarge, "", "request body is larger than %d bytes", MaxBodyBytes)
+		writeError(w, http.StatusRequestEntityTooLarge, "", "request body is larger than the limit of %d bytes (%d MiB)", tooBig.Limit, tooBig.Limit>>20)
 		return nil, false
 	case err != nil:
 		writeError(w, http.StatusBadRequest, "", "read request body: %v", err)

@@ -23,6 +23,11 @@ type Controller struct {
 	NodeTTL time.Duration
 	// Resync is how often a pass runs with no change seen.
 	Resync time.Duration
+	// Tasks is the task controller of this process, if one runs: its
+	// running tasks hold node resources, and placing holds its lock so
+	// that apps and tasks never overbook a node together. Without it,
+	// running tasks are read from the store.
+	Tasks *Tasks
 }
 
 // Run reconciles on every change of apps, instances or nodes until ctx ends.
@@ -284,6 +289,12 @@ func (c *Controller) schedule(ctx context.Context, now time.Time) error {
 	if len(pending) == 0 {
 		return nil
 	}
+	running, release, err := c.runningTasks(ctx)
+	if err != nil {
+		return err
+	}
+	defer release()
+	placed = append(placed, running...)
 	nodes, _, err := store.Nodes.List(ctx, c.Store)
 	if err != nil {
 		return err
@@ -318,4 +329,30 @@ func (c *Controller) schedule(ctx context.Context, now time.Time) error {
 		ops = append(ops, store.Instances.Put(inst.Name, inst, inst.Version), evOp)
 	}
 	return c.writeInBatches(ctx, ops)
+}
+
+// runningTasks returns the running tasks as instances that hold their
+// resources. With a task controller in this process, its lock is held
+// until release, so that it places no task meanwhile.
+func (c *Controller) runningTasks(ctx context.Context) ([]api.Instance, func(), error) {
+	release := func() {}
+	if t := c.Tasks; t != nil {
+		t.mu.Lock()
+		release = t.mu.Unlock
+		if t.tasks != nil && t.tasks.loaded {
+			return t.runningInstances(), release, nil
+		}
+	}
+	all, _, err := store.Tasks.List(ctx, c.Store)
+	if err != nil {
+		release()
+		return nil, nil, err
+	}
+	var running []api.Instance
+	for i := range all {
+		if all[i].State == api.TaskRunning && all[i].Node != "" {
+			running = append(running, taskInstance(&all[i]))
+		}
+	}
+	return running, release, nil
 }

@@ -17,6 +17,10 @@ const (
 	LabelApp      = "berth.app"
 	LabelInstance = "berth.instance"
 	LabelRevision = "berth.revision"
+	// A task attempt's container carries its task id and attempt number
+	// instead of an instance name.
+	LabelTask    = "berth.task"
+	LabelAttempt = "berth.attempt"
 )
 
 // ErrImageNotFound means the image is not present locally and could not be pulled.
@@ -49,6 +53,14 @@ type ContainerSpec struct {
 	PidsLimit   int64             //
 	Init        bool              // run a tiny init as pid 1
 	Labels      map[string]string //
+	Mounts      []Mount           // bind mounts of host paths
+}
+
+// Mount bind-mounts a host file or directory into the container.
+type Mount struct {
+	Source   string // host path
+	Target   string // path in the container
+	ReadOnly bool
 }
 
 // Container is the engine's view of one container.
@@ -92,6 +104,10 @@ type Runtime interface {
 	Stop(ctx context.Context, id string, grace time.Duration) error
 	// Remove removes the container, killing it if still running. A missing container is not an error.
 	Remove(ctx context.Context, id string) error
+	// Wait blocks until the container is not running (returning at once
+	// if it is not) and returns its final state. It returns an error
+	// wrapping ErrNotFound when the container does not exist.
+	Wait(ctx context.Context, id string) (Container, error)
 	// Exec runs cmd inside the running container and returns its exit code.
 	Exec(ctx context.Context, id string, cmd []string) (int, error)
 	// Logs streams the container's stdout and stderr, demultiplexed, as lines.

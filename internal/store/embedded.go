@@ -14,6 +14,13 @@ import (
 	"go.etcd.io/etcd/server/v3/etcdserver/api/v3client"
 )
 
+// Limits of the embedded etcd; a remote cluster needs at least these
+// (--max-txn-ops, --max-request-bytes) for batches of tasks.
+const (
+	MaxTxnOps       = 4096
+	MaxRequestBytes = 10 << 20 // etcd's recommended maximum
+)
+
 // OpenEmbedded starts a single-member etcd with its data in dir and returns
 // a Store on it. The member listens on free loopback ports: berth talks to
 // it in-process, so nothing else needs to find it.
@@ -27,6 +34,11 @@ func OpenEmbedded(ctx context.Context, dir string, log *slog.Logger) (*Store, er
 	cfg.AutoCompactionMode = "revision"
 	cfg.AutoCompactionRetention = "10000"
 	cfg.QuotaBackendBytes = 2 << 30
+	// A batch of tasks is one transaction: up to api.MaxTaskBatch tasks,
+	// their payloads and idempotency keys, in one request body of at most
+	// 8 MiB. etcd's defaults (128 ops, 1.5 MiB) would refuse it.
+	cfg.MaxTxnOps = MaxTxnOps
+	cfg.MaxRequestBytes = MaxRequestBytes
 	clientURL, err := freeLoopbackURL()
 	if err != nil {
 		return nil, err

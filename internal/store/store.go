@@ -358,3 +358,37 @@ func (s *Store) ClusterID(ctx context.Context, newID func() string) (string, err
 	}
 	return string(resp.Responses[0].GetResponseRange().Kvs[0].Value), nil
 }
+
+// getBatch is how many keys GetMany reads per round trip: etcd's default
+// limit of operations in one transaction.
+const getBatch = 128
+
+// GetMany reads records by name in few round trips (transactions of
+// reads, each at one revision). A name without a record is absent from
+// the map.
+func (k Kind[T]) GetMany(ctx context.Context, s *Store, names []string) (map[string]T, error) {
+	out := make(map[string]T, len(names))
+	for start := 0; start < len(names); start += getBatch {
+		chunk := names[start:min(start+getBatch, len(names))]
+		ops := make([]clientv3.Op, len(chunk))
+		for i, name := range chunk {
+			ops[i] = clientv3.OpGet(k.key(name))
+		}
+		resp, err := s.cli.Txn(ctx).Then(ops...).Commit()
+		if err != nil {
+			return nil, fmt.Errorf("get %s%s and %d more: %w", k.prefix, chunk[0], len(chunk)-1, err)
+		}
+		for i, r := range resp.Responses {
+			kvs := r.GetResponseRange().Kvs
+			if len(kvs) == 0 {
+				continue
+			}
+			v, err := k.decode(kvs[0].Value, kvs[0].ModRevision)
+			if err != nil {
+				return nil, err
+			}
+			out[chunk[i]] = v
+		}
+	}
+	return out, nil
+}

@@ -85,6 +85,9 @@ func Apply(t *api.Task, r api.TaskReport, now time.Time) error {
 	if t.State != api.TaskRunning || a == nil || a.N != r.Attempt {
 		return ErrStale
 	}
+	if !reportStates[r.State] { // before any change: a bad report changes nothing
+		return fmt.Errorf("report state %q is not running, succeeded, failed, timed_out, cancelled or lost", r.State)
+	}
 	if r.ContainerID != "" {
 		a.ContainerID = r.ContainerID
 	}
@@ -113,7 +116,11 @@ func Apply(t *api.Task, r api.TaskReport, now time.Time) error {
 		a.State = api.TaskCancelled
 		end(t, api.TaskCancelled, "cancelled while running", now)
 	case r.ImageMissing:
-		end(t, api.TaskFailed, r.Error, now)
+		msg := r.Error
+		if msg == "" {
+			msg = fmt.Sprintf("image %s is missing", t.Spec.Image)
+		}
+		end(t, api.TaskFailed, msg, now)
 	case r.Platform || r.State == api.AttemptLost:
 		a.Platform = true
 		if a.State != api.AttemptLost {
@@ -136,11 +143,12 @@ func Apply(t *api.Task, r api.TaskReport, now time.Time) error {
 			return nil
 		}
 		retry(t, t.UserFailures, now)
-	default:
-		return fmt.Errorf("report state %q is not running, succeeded, failed, timed_out, cancelled or lost", r.State)
 	}
 	return nil
 }
+
+var reportStates = map[string]bool{api.TaskRunning: true, api.TaskSucceeded: true, api.TaskFailed: true,
+	api.TaskTimedOut: true, api.TaskCancelled: true, api.AttemptLost: true}
 
 // Lose ends the current attempt of a running task as lost to the platform
 // (its node went down, or its container vanished), as if its agent had

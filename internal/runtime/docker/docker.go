@@ -20,6 +20,7 @@ import (
 	"github.com/moby/moby/api/pkg/stdcopy"
 	"github.com/moby/moby/api/types/container"
 	"github.com/moby/moby/api/types/events"
+	"github.com/moby/moby/api/types/mount"
 	"github.com/moby/moby/api/types/network"
 	"github.com/moby/moby/client"
 
@@ -206,6 +207,7 @@ func createOptions(spec runtime.ContainerSpec) (client.ContainerCreateOptions, e
 		RestartPolicy: container.RestartPolicy{Name: container.RestartPolicyDisabled},
 		Init:          &useInit,
 		Resources:     resources(spec),
+		Mounts:        mounts(spec.Mounts),
 	}
 	if spec.Port != 0 {
 		port, binding, err := publish(spec.Port, spec.HostIP)
@@ -225,6 +227,14 @@ func envList(env map[string]string) []string {
 		list = append(list, k+"="+env[k])
 	}
 	return list
+}
+
+func mounts(in []runtime.Mount) []mount.Mount {
+	var out []mount.Mount
+	for _, m := range in {
+		out = append(out, mount.Mount{Type: mount.TypeBind, Source: m.Source, Target: m.Target, ReadOnly: m.ReadOnly})
+	}
+	return out
 }
 
 func resources(spec runtime.ContainerSpec) container.Resources {
@@ -298,6 +308,18 @@ func (r *Runtime) Inspect(ctx context.Context, id string) (runtime.Container, er
 		return runtime.Container{}, fmt.Errorf("inspect %s: %w", short(id), notFound(err))
 	}
 	return fromInspect(res.Container), nil
+}
+
+// Wait blocks until the container is not running and returns its final
+// state. A missing container returns an error wrapping runtime.ErrNotFound.
+func (r *Runtime) Wait(ctx context.Context, id string) (runtime.Container, error) {
+	res := r.cli.ContainerWait(ctx, id, client.ContainerWaitOptions{Condition: container.WaitConditionNotRunning})
+	select {
+	case <-res.Result:
+	case err := <-res.Error:
+		return runtime.Container{}, fmt.Errorf("wait for %s: %w", short(id), notFound(err))
+	}
+	return r.Inspect(ctx, id)
 }
 
 // List returns the containers (running or not) carrying all the given

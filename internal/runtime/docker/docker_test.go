@@ -568,3 +568,63 @@ func TestEventsStreamBreaks(t *testing.T) {
 		t.Fatal("events channel not closed")
 	}
 }
+
+func TestWait(t *testing.T) {
+	e := newEnv(t)
+	ctx := t.Context()
+	id := e.run(e.spec("sh", "-c", "sleep 0.5; exit 4"))
+	c, err := e.r.Wait(ctx, id)
+	if err != nil || c.Running || c.ExitCode != 4 || c.FinishedAt.IsZero() || c.ID != id {
+		t.Fatalf("wait = %+v, %v", c, err)
+	}
+	if c, err := e.r.Wait(ctx, id); err != nil || c.ExitCode != 4 { // exited: at once
+		t.Fatalf("second wait = %+v, %v", c, err)
+	}
+	if _, err := e.r.Wait(ctx, "berth-test-no-such-container"); !errors.Is(err, runtime.ErrNotFound) {
+		t.Fatalf("wait for missing container: %v, want ErrNotFound", err)
+	}
+
+	// A running container: Wait ends with its ctx, or when it is stopped.
+	id = e.run(e.spec("sleep", "60"))
+	short, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer cancel()
+	if _, err := e.r.Wait(short, id); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("wait with ended ctx: %v", err)
+	}
+	waited := make(chan error, 1)
+	go func() {
+		c, err := e.r.Wait(ctx, id)
+		if err == nil && (c.Running || c.ExitCode != 137) {
+			err = fmt.Errorf("after stop: %+v", c)
+		}
+		waited <- err
+	}()
+	if err := e.r.Stop(ctx, id, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-waited; err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestReadOnlyBindMount(t *testing.T) {
+	e := newEnv(t)
+	dir := t.TempDir()
+	file := filepath.Join(dir, "payload")
+	if err := os.WriteFile(file, []byte("data-42"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	spec := e.spec("sh", "-c", `cat /task/payload; echo; if echo x > /task/payload; then echo writable; else echo read-only; fi`)
+	spec.Mounts = []runtime.Mount{{Source: file, Target: "/task/payload", ReadOnly: true}}
+	id := e.run(spec)
+	if c, err := e.r.Wait(t.Context(), id); err != nil || c.ExitCode != 0 {
+		t.Fatalf("wait = %+v, %v", c, err)
+	}
+	got := readLogs(t, e.r, id, -1)
+	if !strings.Contains(got, "data-42") || !strings.Contains(got, "read-only") || strings.Contains(got, "writable") {
+		t.Fatalf("logs = %q, want the payload and read-only", got)
+	}
+	if b, _ := os.ReadFile(file); string(b) != "data-42" {
+		t.Fatalf("host file changed: %q", b)
+	}
+}

@@ -1,7 +1,7 @@
 // Package fake is an in-memory runtime.Runtime for unit tests of the code
 // that drives containers. Containers do nothing: they run from Start until
-// Stop, Remove or Kill (which simulates a crash). All methods are safe for
-// concurrent use.
+// Stop, Remove or Kill (which simulates a crash), unless SetRun makes them
+// exit by themselves. All methods are safe for concurrent use.
 package fake
 
 import (
@@ -37,10 +37,12 @@ var _ runtime.Runtime = (*Runtime)(nil)
 type Runtime struct {
 	mu         sync.Mutex
 	containers map[string]*entry // by ID
+	byName     map[string]*entry
 	seq        int
 	nextPort   int
 	images     map[string]bool // nil: every image exists
 	exec       func(id string, cmd []string) int
+	run        RunFunc
 	info       runtime.Info
 	subs       map[*subscriber]struct{}
 }
@@ -50,13 +52,22 @@ type entry struct {
 	spec runtime.ContainerSpec
 	seq  int
 	logs []string
+	runs int           // starts so far: a scheduled exit applies to its own run only
+	done chan struct{} // closed when the current run ends (Wait)
 }
+
+// RunFunc decides what a started container does: it writes logs at once
+// and, with ok, exits with exitCode after the given time; without ok, it
+// runs until stopped. It is called at every start, without the fake's lock
+// held.
+type RunFunc func(spec runtime.ContainerSpec) (exitCode int, after time.Duration, logs []string, ok bool)
 
 // New returns an empty engine on which every image exists and every exec
 // exits 0.
 func New() *Runtime {
 	return &Runtime{
 		containers: map[string]*entry{},
+		byName:     map[string]*entry{},
 		nextPort:   FirstHostPort,
 		info:       runtime.Info{CPUs: 8, MemoryBytes: 16 << 30, Version: "fake"},
 		subs:       map[*subscriber]struct{}{},
@@ -81,6 +92,13 @@ func (r *Runtime) SetExec(f func(id string, cmd []string) int) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.exec = f
+}
+
+// SetRun makes started containers run as f says (nil: until stopped).
+func (r *Runtime) SetRun(f RunFunc) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.run = f
 }
 
 // SetInfo sets what Info returns.
@@ -220,36 +238,64 @@ func (r *Runtime) Create(ctx context.Context, spec runtime.ContainerSpec) (strin
 		return "", fmt.Errorf("create %s: %w", spec.Name, ErrConflict)
 	}
 	spec.Labels = maps.Clone(spec.Labels)
-	r.containers[id] = &entry{
+	spec.Mounts = slices.Clone(spec.Mounts)
+	e := &entry{
 		c:    runtime.Container{ID: id, Name: spec.Name, Image: spec.Image, Labels: spec.Labels},
 		spec: spec,
 		seq:  r.seq,
 	}
+	r.containers[id] = e
+	r.byName[spec.Name] = e
 	return id, nil
 }
 
-// Start starts the container; starting a running one does nothing.
+// Start starts the container; starting a running one does nothing. With
+// SetRun, the run may end by itself.
 func (r *Runtime) Start(ctx context.Context, id string) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
 	r.mu.Lock()
-	defer r.mu.Unlock()
 	e := r.lookup(id)
 	if e == nil {
+		r.mu.Unlock()
 		return fmt.Errorf("start %s: %w", id, runtime.ErrNotFound)
 	}
 	if e.c.Running {
+		r.mu.Unlock()
 		return nil
 	}
 	e.c.Running = true
 	e.c.ExitCode, e.c.Error, e.c.OOMKilled = 0, "", false
-	e.c.StartedAt = time.Now()
+	e.c.StartedAt, e.c.FinishedAt = time.Now(), time.Time{}
+	e.runs++
+	e.done = make(chan struct{})
 	if e.spec.Port != 0 {
 		e.c.HostPort = r.nextPort
 		r.nextPort++
 	}
 	r.emit(e, "start")
+	run, spec, runs := r.run, e.spec, e.runs
+	r.mu.Unlock()
+	if run == nil {
+		return nil
+	}
+	code, after, logs, ok := run(spec)
+	r.mu.Lock()
+	if e.runs == runs && e.c.Running {
+		e.logs = append(e.logs, logs...)
+	}
+	r.mu.Unlock()
+	if !ok {
+		return nil
+	}
+	time.AfterFunc(after, func() {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		if e.runs == runs && e.c.Running && r.containers[e.c.ID] == e {
+			r.exit(e, code)
+		}
+	})
 	return nil
 }
 
@@ -282,6 +328,7 @@ func (r *Runtime) Remove(ctx context.Context, id string) error {
 		r.exit(e, StopExitCode)
 	}
 	delete(r.containers, e.c.ID)
+	delete(r.byName, e.c.Name)
 	r.emit(e, "destroy")
 	return nil
 }
@@ -305,6 +352,30 @@ func (r *Runtime) Exec(ctx context.Context, id string, cmd []string) (int, error
 		return 0, nil
 	}
 	return f(e.c.ID, slices.Clone(cmd)), nil
+}
+
+// Wait returns once the container is not running, with its state then.
+func (r *Runtime) Wait(ctx context.Context, id string) (runtime.Container, error) {
+	if err := ctx.Err(); err != nil {
+		return runtime.Container{}, err
+	}
+	r.mu.Lock()
+	e := r.lookup(id)
+	if e == nil {
+		r.mu.Unlock()
+		return runtime.Container{}, fmt.Errorf("wait for %s: %w", id, runtime.ErrNotFound)
+	}
+	done := e.done
+	running := e.c.Running
+	r.mu.Unlock()
+	if running {
+		select {
+		case <-done:
+		case <-ctx.Done():
+			return runtime.Container{}, ctx.Err()
+		}
+	}
+	return r.Inspect(ctx, id) // as the engine: a container removed meanwhile is not found
 }
 
 // Logs returns the lines given to Log (the last tail ones when tail >= 0).
@@ -354,12 +425,7 @@ func (r *Runtime) lookup(idOrName string) *entry {
 	if e, ok := r.containers[idOrName]; ok {
 		return e
 	}
-	for _, e := range r.containers {
-		if e.c.Name == idOrName {
-			return e
-		}
-	}
-	return nil
+	return r.byName[idOrName]
 }
 
 func (r *Runtime) sorted() []*entry {
@@ -373,6 +439,7 @@ func (r *Runtime) exit(e *entry, code int) {
 	e.c.ExitCode = code
 	e.c.FinishedAt = time.Now()
 	e.c.HostPort = 0
+	close(e.done)
 	r.emit(e, "die")
 }
 

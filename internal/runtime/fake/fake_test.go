@@ -150,3 +150,77 @@ func expect(t *testing.T, evs <-chan runtime.Event, id, action string) {
 		t.Fatalf("no %s event", action)
 	}
 }
+
+func TestRunExitsByItselfAndWait(t *testing.T) {
+	ctx := t.Context()
+	r := New()
+	r.SetRun(func(spec runtime.ContainerSpec) (int, time.Duration, []string, bool) {
+		if spec.Labels["kind"] != "task" {
+			return 0, 0, nil, false // an app: runs until stopped
+		}
+		return 3, 10 * time.Millisecond, []string{"hello " + spec.Env["WHO"]}, true
+	})
+	task, _ := r.Create(ctx, runtime.ContainerSpec{Name: "task", Image: "i", Labels: map[string]string{"kind": "task"},
+		Env: map[string]string{"WHO": "you"}, Mounts: []runtime.Mount{{Source: "/a", Target: "/b", ReadOnly: true}}})
+	app, _ := r.Create(ctx, runtime.ContainerSpec{Name: "app", Image: "i"})
+	for _, id := range []string{task, app} {
+		if err := r.Start(ctx, id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c, err := r.Wait(ctx, task)
+	if err != nil || c.Running || c.ExitCode != 3 || c.FinishedAt.IsZero() {
+		t.Fatalf("wait = %+v, %v", c, err)
+	}
+	rc, _ := r.Logs(ctx, task, false, -1)
+	if b, _ := io.ReadAll(rc); string(b) != "hello you\n" {
+		t.Fatalf("logs = %q", b)
+	}
+	if sp, _ := r.Spec(task); len(sp.Mounts) != 1 || sp.Mounts[0].Target != "/b" || !sp.Mounts[0].ReadOnly {
+		t.Fatalf("mounts = %+v", sp.Mounts)
+	}
+	if c, _ := r.Wait(ctx, task); c.ExitCode != 3 {
+		t.Fatalf("second wait = %+v", c)
+	}
+
+	// The app keeps running: Wait blocks until it is stopped.
+	waited := make(chan runtime.Container, 1)
+	go func() { c, _ := r.Wait(ctx, app); waited <- c }()
+	select {
+	case c := <-waited:
+		t.Fatalf("wait returned for a running app: %+v", c)
+	case <-time.After(50 * time.Millisecond):
+	}
+	r.Stop(ctx, app, time.Second)
+	if c := <-waited; c.Running || c.ExitCode != StopExitCode {
+		t.Fatalf("wait after stop = %+v", c)
+	}
+
+	r.Remove(ctx, task)
+	if _, err := r.Wait(ctx, task); !errors.Is(err, runtime.ErrNotFound) {
+		t.Fatalf("wait for removed: %v", err)
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	r.Start(ctx, app)
+	cancel()
+	if _, err := r.Wait(cctx, app); !errors.Is(err, context.Canceled) {
+		t.Fatalf("wait with ended ctx: %v", err)
+	}
+}
+
+func TestScheduledExitSkipsLaterRuns(t *testing.T) {
+	ctx := t.Context()
+	r := New()
+	r.SetRun(func(runtime.ContainerSpec) (int, time.Duration, []string, bool) {
+		return 1, 30 * time.Millisecond, nil, true
+	})
+	id, _ := r.Create(ctx, runtime.ContainerSpec{Image: "i"})
+	r.Start(ctx, id)
+	r.Stop(ctx, id, 0)
+	r.SetRun(nil)
+	r.Start(ctx, id) // the second run must not be ended by the first run's timer
+	time.Sleep(100 * time.Millisecond)
+	if c, _ := r.Inspect(ctx, id); !c.Running {
+		t.Fatalf("second run ended by the first run's exit: %+v", c)
+	}
+}
