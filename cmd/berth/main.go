@@ -52,7 +52,13 @@ Docker engine in one process), then use the other verbs as its client.`,
 		appsCmd(g), eventsCmd(g), nodesCmd(g), statusCmd(g),
 		routesCmd(g), gatewayCmd(g),
 	)
+	root.AddCommand(
+		runCmd(g), tasksCmd(g), taskCmd(g), queueCmd(g), scheduleCmd(g),
+	)
 	if err := root.Execute(); err != nil {
+		if ex := exitCode(0); errors.As(err, &ex) {
+			os.Exit(int(ex)) // the verb has said why
+		}
 		fmt.Fprintln(os.Stderr, "berth:", err)
 		var ex exitCode
 		if errors.As(err, &ex) {
