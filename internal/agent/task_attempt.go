@@ -95,7 +95,7 @@ func (r *taskRunner) end(ctx context.Context, t api.Task, a api.Attempt, rep api
 	if err != nil {
 		return false // ctx ended
 	}
-	r.log.Info("task attempt ended", "task", t.ID, "attempt", a.N, "state", rep.State, "error", rep.Error, "applied", res.Applied)
+	r.log.Debug("task attempt ended", "task", t.ID, "attempt", a.N, "state", rep.State, "error", rep.Error, "applied", res.Applied)
 	r.remove(ctx, t.ID, a.N, containerID)
 	return true
 }

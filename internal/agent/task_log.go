@@ -22,7 +22,21 @@ const (
 	// finalLogTries bounds the uploads of an attempt's final log: the end
 	// is reported even when the log cannot be saved.
 	finalLogTries = 8
+	// logUploads bounds the uploads in flight, and so the connections
+	// they take, when many attempts end at once.
+	logUploads = 64
 )
+
+// putLog uploads a piece of an attempt's log, waiting for a turn.
+func (r *taskRunner) putLog(ctx context.Context, id string, n int, offset int64, data []byte, final bool) error {
+	select {
+	case r.uploads <- struct{}{}:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	defer func() { <-r.uploads }()
+	return r.api.PutTaskLog(ctx, id, n, offset, data, final)
+}
 
 // liveLog uploads a running attempt's output as it comes.
 type liveLog struct {
@@ -68,7 +82,7 @@ func (r *taskRunner) uploadLive(ctx context.Context, l *liveLog, id string, n in
 	defer func() { stopReading(); <-reading }()
 	for {
 		if chunk := buf.from(l.sent); len(chunk) > 0 {
-			if err := r.api.PutTaskLog(ctx, id, n, l.sent, chunk, false); err != nil {
+			if err := r.putLog(ctx, id, n, l.sent, chunk, false); err != nil {
 				if ctx.Err() == nil {
 					r.log.Debug("upload task log", "task", id, "attempt", n, "err", err)
 				}
@@ -160,7 +174,7 @@ func (r *taskRunner) saveLog(ctx context.Context, id string, n int, containerID 
 		sent = 0 // (never expected) start over rather than leave a gap
 	}
 	for try := 1; ; try++ {
-		err := r.api.PutTaskLog(ctx, id, n, sent, data[sent:], true)
+		err := r.putLog(ctx, id, n, sent, data[sent:], true)
 		if err == nil || ctx.Err() != nil {
 			break
 		}

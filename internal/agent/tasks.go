@@ -45,6 +45,7 @@ type taskRunner struct {
 	log        *slog.Logger
 	reports    *reporter
 	kick       chan struct{} // cap 1: resync now
+	uploads    chan struct{} // log uploads in flight
 
 	mu     sync.Mutex
 	synced bool                           // tasks holds a full list
@@ -80,6 +81,7 @@ func (a *Agent) newTaskRunner() *taskRunner {
 		api: a.Client, rt: a.Runtime, cluster: a.cluster, node: a.Node, payloadDir: dir, log: a.Log,
 		reports: newReporter(a.Client, a.Log),
 		kick:    make(chan struct{}, 1),
+		uploads: make(chan struct{}, logUploads),
 		tasks:   map[string]api.Task{},
 		active:  map[string]map[int]*attemptRun{},
 		done:    map[string]time.Time{},
