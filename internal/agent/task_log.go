@@ -173,6 +173,11 @@ func (r *taskRunner) saveLog(ctx context.Context, id string, n int, containerID 
 	if int64(len(data)) < sent {
 		sent = 0 // (never expected) start over rather than leave a gap
 	}
+	if len(data) == 0 {
+		// Nothing to keep: the report's log_bytes of 0 tells the server
+		// the log is complete, so no upload (most short tasks print nothing).
+		return 0, false
+	}
 	for try := 1; ; try++ {
 		err := r.putLog(ctx, id, n, sent, data[sent:], true)
 		if err == nil || ctx.Err() != nil {

@@ -110,7 +110,10 @@ func (s *Server) taskLogs(w http.ResponseWriter, r *http.Request) {
 				if now.Sub(endedAt) > logGrace {
 					return
 				}
-			} else if s.attemptEnded(ctx, t.ID, attempt) {
+			} else if ended, size := s.attemptEnded(ctx, t.ID, attempt); ended {
+				if size >= 0 && pos >= size {
+					return // all its agent reported is here, final or not
+				}
 				endedAt = now
 			}
 		}
@@ -144,20 +147,25 @@ func (s *Server) waitForAttempt(ctx context.Context, id string, n int) (int, boo
 	}
 }
 
-// attemptEnded reports whether an attempt is over (or its task gone).
-func (s *Server) attemptEnded(ctx context.Context, id string, n int) bool {
+// attemptEnded reports whether an attempt is over (or its task gone), and
+// the size of its output as its agent reported it at the end (-1: not
+// known, e.g. an attempt lost with its agent).
+func (s *Server) attemptEnded(ctx context.Context, id string, n int) (bool, int64) {
 	t, err := store.Tasks.Get(ctx, s.Store, id)
 	if errors.Is(err, store.ErrNotFound) {
-		return true
+		return true, -1
 	}
 	if err != nil || n > len(t.Attempts) {
-		return false
+		return false, -1
 	}
-	switch t.Attempts[n-1].State {
+	a := t.Attempts[n-1]
+	switch a.State {
 	case api.AttemptStarting, api.TaskRunning:
-		return false
+		return false, -1
+	case api.AttemptLost:
+		return true, -1
 	}
-	return true
+	return true, a.LogBytes
 }
 
 // PUT /v1/tasks/{id}/attempts/{n}/log?offset=K&final=true: an agent
