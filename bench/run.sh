@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # make bench: set up Docker and the demo images, build berth (fresh, from the
-# working tree) and run the benchmark (bench/main.go) once. Results are
-# printed and written to bench/results.txt. Extra arguments go to the
+# working tree) and run the benchmarks once: bench/main.go (results in
+# bench/results.txt), bench/gateway (bench/gateway-results.txt) and
+# bench/tasks (bench/tasks-results.txt). Extra arguments go to the first
 # benchmark (e.g. -keep to keep berth's log and data dir, -v for every event).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,8 +21,10 @@ trap 'rm -rf "$tmp"' EXIT
 go build -o "$tmp/berth" ./cmd/berth
 go build -o "$tmp/bench" ./bench
 go build -o "$tmp/bench-gateway" ./bench/gateway
+go build -o "$tmp/bench-tasks" ./bench/tasks
 
 start=$SECONDS
 "$tmp/bench" -berth "$tmp/berth" -out bench/results.txt "$@"
 "$tmp/bench-gateway" -berth "$tmp/berth" -out bench/gateway-results.txt
+"$tmp/bench-tasks" -berth "$tmp/berth" -out bench/tasks-results.txt
 echo "bench: done in $((SECONDS - start))s"
