@@ -13,7 +13,7 @@ import (
 const (
 	// maxReportBatch bounds the reports of one request (the server writes
 	// them in one transaction).
-	maxReportBatch = 100
+	maxReportBatch = 500
 	// reportSenders bounds the requests in flight: the server's latency,
 	// not its work, is what limits one sender.
 	reportSenders = 4

@@ -44,7 +44,7 @@ type Tasks struct {
 const (
 	taskResync      = 2 * time.Second // a pass with no change seen
 	retentionPeriod = time.Hour
-	maxTxnOps       = 100 // etcd allows 128 operations per transaction
+	maxTxnOps       = 1000 // berth's embedded etcd allows 4096 operations per transaction
 )
 
 // Run dispatches, fires schedules and deletes old tasks until ctx ends.
