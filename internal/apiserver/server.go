@@ -54,10 +54,26 @@ func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })
 	v1 := http.NewServeMux()
+	allowed := map[string][]string{} // path pattern -> its methods
 	for _, rt := range s.routes() {
 		v1.HandleFunc(rt.pattern, rt.handler)
+		method, path, _ := strings.Cut(rt.pattern, " ")
+		allowed[path] = append(allowed[path], method)
+	}
+	// A path that exists with other methods answers 405 and says which.
+	paths := http.NewServeMux()
+	for path, methods := range allowed {
+		allow := strings.Join(methods, ", ")
+		paths.HandleFunc(path, func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Allow", allow)
+			writeError(w, http.StatusMethodNotAllowed, "", "%s %s: method not allowed (allowed: %s)", r.Method, r.URL.Path, allow)
+		})
 	}
 	v1.HandleFunc("/v1/", func(w http.ResponseWriter, r *http.Request) {
+		if h, pattern := paths.Handler(r); pattern != "" {
+			h.ServeHTTP(w, r)
+			return
+		}
 		writeError(w, http.StatusNotFound, "", "no such endpoint: %s %s", r.Method, r.URL.Path)
 	})
 	mux.Handle("/v1/", s.authenticate(limitBody(v1)))

@@ -133,3 +133,29 @@ func TestBadSpecsStoreNothing(t *testing.T) {
 		t.Fatalf("stored app = %+v, %v; want revision 1 with defaults", app, err)
 	}
 }
+
+// A known path with another method answers 405 and names the methods it
+// takes; an unknown path answers 404.
+func TestWrongMethod(t *testing.T) {
+	hs, _ := newServer(t)
+	req, _ := http.NewRequest("PATCH", hs.URL+"/v1/apps/web", nil)
+	req.Header.Set("Authorization", "Bearer secret")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	allow := resp.Header.Get("Allow")
+	if resp.StatusCode != 405 || !strings.Contains(allow, "GET") || !strings.Contains(allow, "PUT") || !strings.Contains(allow, "DELETE") {
+		t.Errorf("PATCH /v1/apps/web: %d, Allow %q; want 405 allowing GET, PUT and DELETE", resp.StatusCode, allow)
+	}
+	if code, e := call(t, "DELETE", hs.URL+"/v1/tasks/reports", "secret", "", ""); code != 405 || !strings.Contains(e.Error, "POST") {
+		t.Errorf("DELETE /v1/tasks/reports: %d %+v; want 405 naming POST", code, e)
+	}
+	if code, _ := call(t, "GET", hs.URL+"/v1/nothing-here", "secret", "", ""); code != 404 {
+		t.Errorf("GET /v1/nothing-here: %d, want 404", code)
+	}
+	if code, _ := call(t, "PATCH", hs.URL+"/v1/apps", "", "", ""); code != 401 {
+		t.Errorf("PATCH /v1/apps without a token: %d, want 401 before anything else", code)
+	}
+}
