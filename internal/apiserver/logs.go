@@ -13,7 +13,9 @@ import (
 )
 
 // GET /v1/apps/{name}/logs?follow=true&tail=N: the output of all of the
-// app's instances, each line prefixed by its instance.
+// app's instances, each line prefixed by its instance. A follow also picks
+// up the containers that start later (a scale-up, a rolling update, a
+// restart), with all of their output, until the client goes away.
 func (s *Server) appLogs(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
 	q := r.URL.Query()
@@ -32,7 +34,7 @@ func (s *Server) appLogs(w http.ResponseWriter, r *http.Request) {
 		s.writeStoreError(w, err)
 		return
 	}
-	all, _, err := store.Instances.List(ctx, s.Store)
+	all, rev, err := store.Instances.List(ctx, s.Store)
 	if err != nil {
 		s.writeStoreError(w, err)
 		return
@@ -50,15 +52,34 @@ func (s *Server) appLogs(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	var wg sync.WaitGroup
-	for _, inst := range all {
-		if inst.App != name || inst.Status.ContainerID == "" || inst.Node == "" {
-			continue
+	streamed := map[string]bool{}   // container id and start time: one stream each
+	containers := map[string]bool{} // container ids streamed
+	stream := func(inst api.Instance, tail int) {
+		id := inst.Status.ContainerID
+		run := id + "@" + inst.Status.StartedAt.String()
+		if inst.App != name || id == "" || inst.Node == "" || streamed[run] {
+			return
 		}
+		if containers[id] {
+			tail = 0 // the same container started again: only what is new
+		}
+		streamed[run], containers[id] = true, true
 		wg.Add(1)
-		go func(inst api.Instance) {
+		go func() {
 			defer wg.Done()
 			s.streamInstanceLogs(ctx, inst, follow, tail, writeLine)
-		}(inst)
+		}()
+	}
+	for _, inst := range all {
+		stream(inst, tail)
+	}
+	if follow {
+		events, _ := store.Instances.Watch(ctx, s.Store, rev)
+		for ev := range events {
+			if !ev.Deleted {
+				stream(ev.Object, -1) // a new container: all it has said
+			}
+		}
 	}
 	wg.Wait()
 }
