@@ -79,7 +79,8 @@ func (t *Tasks) startReady(ctx context.Context, nodes []api.Node, now time.Time)
 	}
 	// A first cut with the instances as last seen: whether anything can
 	// start at all, and which tasks to consider.
-	free := freeOnReadyNodes(nodes, t.placed(slices.Collect(maps.Values(t.instances.items))))
+	running := t.runningInstances() // once a pass: there may be thousands
+	free := freeOnReadyNodes(nodes, placed(slices.Collect(maps.Values(t.instances.items)), running))
 	if len(free) == 0 {
 		return nil
 	}
@@ -104,7 +105,7 @@ func (t *Tasks) startReady(ctx context.Context, nodes []api.Node, now time.Time)
 		pending[i] = taskInstance(&order[i])
 	}
 	var assigned []api.Task
-	for i, d := range scheduler.Schedule(pending, nodes, t.placed(ptrs(insts))) {
+	for i, d := range scheduler.Schedule(pending, nodes, placed(ptrs(insts), running)) {
 		if d.Node == "" {
 			continue
 		}
@@ -158,14 +159,14 @@ func (t *Tasks) candidates(now time.Time, free []api.Capacity, limits map[string
 
 // placed is what holds resources on nodes: the instances with a node and
 // the running tasks.
-func (t *Tasks) placed(insts []*api.Instance) []api.Instance {
-	out := make([]api.Instance, 0, len(insts)+len(t.index.running))
+func placed(insts []*api.Instance, running []api.Instance) []api.Instance {
+	out := make([]api.Instance, 0, len(insts)+len(running))
 	for _, inst := range insts {
 		if inst.Node != "" {
 			out = append(out, *inst)
 		}
 	}
-	return append(out, t.runningInstances()...)
+	return append(out, running...)
 }
 
 // runningInstances are the running tasks as the scheduler sees them.
