@@ -159,6 +159,7 @@ func medianRun(runs []*queueResult) *queueResult {
 	m.Rounds = nil
 	for _, r := range runs {
 		m.Rounds = append(m.Rounds, r.rate())
+		m.References = append(m.References, r.Reference)
 		m.MaxPeakRSSMiB = max(m.MaxPeakRSSMiB, r.PeakRSSMiB, r.ChildMaxRSSMiB)
 	}
 	return m

@@ -34,11 +34,13 @@ type queueResult struct {
 	Succeeded      int
 	States         map[string]int
 	Attempts       int
-	PeakRSSMiB     float64       // getrusage of the process itself
-	ChildMaxRSSMiB float64       // the parent's account of it, when run as a child
-	Rounds         []float64     // tasks/s of every run, when several ran
-	MaxPeakRSSMiB  float64       // the highest of all runs
-	CPU            time.Duration // user + system time of the process during the run
+	PeakRSSMiB     float64         // getrusage of the process itself
+	ChildMaxRSSMiB float64         // the parent's account of it, when run as a child
+	Reference      time.Duration   // a fixed piece of CPU work just before the run: how fast the machine was
+	Rounds         []float64       // tasks/s of every run, when several ran
+	References     []time.Duration // the reference of every run
+	MaxPeakRSSMiB  float64         // the highest of all runs
+	CPU            time.Duration   // user + system time of the process during the run
 	Etcd           map[string]float64
 	Fsync          string           // etcd's WAL fsync and backend commit latencies over the run
 	Quarters       [4]time.Duration // when 25, 50, 75 and 100% had ended
@@ -145,8 +147,8 @@ func runQueue(ctx context.Context, n, batch int, profile string) (*queueResult, 
 		defer trace.Stop()
 	}
 	logf("queue: %d tasks in batches of %d through the API; fake containers exit 0 at once", n, batch)
+	res := &queueResult{N: n, Batch: batch, Reference: cpuReference()}
 	l0, cpu0 := loadavg(), cpuTime()
-	res := &queueResult{N: n, Batch: batch}
 	t0 := time.Now()
 	for i := 0; i < n; i += batch {
 		if _, err := c.SubmitTasks(ctx, specs[i:min(i+batch, n)]); err != nil {

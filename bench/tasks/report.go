@@ -117,8 +117,8 @@ func (q *queueResult) render(w *strings.Builder) (details []string) {
 	fmt.Fprintf(w, "  %d tasks   %7.2fs   %6.0f tasks/s   (target >= %.0f/s)  %s\n", q.N, q.Total.Seconds(), q.rate(), queueTarget, mark(q.rate() >= queueTarget && q.Succeeded == q.N))
 	if len(q.Rounds) > 1 {
 		var all []string
-		for _, r := range q.Rounds {
-			all = append(all, fmt.Sprintf("%.0f", r))
+		for i, r := range q.Rounds {
+			all = append(all, fmt.Sprintf("%.0f (ref %s)", r, ms(q.References[i])))
 		}
 		fmt.Fprintf(w, "  median of %d runs, each in a fresh process and store (tasks/s: %s); the figures below are the median run's\n", len(q.Rounds), strings.Join(all, ", "))
 	}
@@ -142,6 +142,7 @@ func (q *queueResult) render(w *strings.Builder) (details []string) {
 		fmt.Sprintf("queue: ended by +%s (25%%), +%s (50%%), +%s (75%%), +%s (all)", ms(q.Quarters[0]), ms(q.Quarters[1]), ms(q.Quarters[2]), ms(q.Quarters[3])),
 		"queue: per task (records, except the last): "+strings.Join(q.Stages, "; "),
 		"queue: etcd disk: "+q.Fsync,
+		fmt.Sprintf("queue: CPU speed reference just before the run: 20,000 JSON round trips of a task record on one CPU took %s (this VM's CPUs are not always equally fast: compare runs by it)", ms(q.Reference)),
 		fmt.Sprintf("queue: tasks ask cpu 1m, memory %s; the fake node offers 100000 CPUs and 1 PiB, so placement is not the limit; agent workers 32", api.Bytes(api.MinMemory)),
 	)
 	if q.ChildMaxRSSMiB > 0 {
