@@ -9,13 +9,10 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"os"
-	"os/signal"
 	"regexp"
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -966,49 +963,5 @@ func BenchmarkHandler(b *testing.B) {
 		if ctx.Response.StatusCode() != 200 {
 			b.Fatal(ctx.Response.StatusCode(), string(ctx.Response.Body()))
 		}
-	}
-}
-
-// TestWrkServe serves, for testdata/wrk-compare.sh, either a fasthttp
-// upstream (BERTH_WRK_ROLE=upstream) or the proxy in front of it
-// (BERTH_WRK_ROLE=proxy) on BERTH_WRK_LISTEN, until BERTH_WRK_FOR is over.
-// It is skipped unless BERTH_WRK_ROLE is set.
-func TestWrkServe(t *testing.T) {
-	role, listen := os.Getenv("BERTH_WRK_ROLE"), os.Getenv("BERTH_WRK_LISTEN")
-	if role == "" {
-		t.Skip("for testdata/wrk-compare.sh")
-	}
-	d, err := time.ParseDuration(os.Getenv("BERTH_WRK_FOR"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", listen)
-	if err != nil {
-		t.Fatal(err)
-	}
-	switch role {
-	case "upstream":
-		body := []byte("hello from upstream\n")
-		s := &fasthttp.Server{Handler: func(ctx *fasthttp.RequestCtx) {
-			ctx.SetContentType("text/plain")
-			ctx.SetBody(body)
-		}}
-		go s.Serve(ln)
-		defer s.Shutdown()
-	case "gateway":
-		p := NewProxy(nil, prometheus.NewRegistry(), nil)
-		p.OnAccess(func(string) {})
-		p.SetTable(NewTable([]AppRoutes{{App: "bench", Hosts: []string{"bench.test"}, Upstreams: []string{os.Getenv("BERTH_WRK_UPSTREAM")}}}))
-		go p.Serve(ln)
-		defer p.Shutdown()
-	default:
-		t.Fatalf("role %q", role)
-	}
-	// Until the time is up or SIGTERM, so that a -test.cpuprofile is written.
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
-	defer stop()
-	select {
-	case <-ctx.Done():
-	case <-time.After(d):
 	}
 }
