@@ -175,9 +175,8 @@ func setTask(results []api.TaskReportResult, rt *reportedTask) {
 	}
 }
 
-// checkReport says what is wrong with a report, if anything. tasks.Apply
-// changes a task before it looks at the state, so the state is checked
-// here first.
+// checkReport says what is wrong with a report, if anything, before any
+// task is read for it.
 func checkReport(r api.TaskReport) string {
 	switch {
 	case !api.ValidTaskID(r.ID):
