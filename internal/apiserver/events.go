@@ -16,7 +16,11 @@ func (s *Server) listEvents(w http.ResponseWriter, r *http.Request) {
 	if q.Get("watch") == "true" {
 		rev, ok := watchRevision(w, r)
 		if ok {
-			streamWatch(s, w, r, store.Events, rev, match)
+			var keep func([]byte) bool // nil: every change
+			if app != "" {
+				keep = matching(match)
+			}
+			streamWatch(s, w, r, store.Events, rev, keep)
 		}
 		return
 	}

@@ -21,7 +21,11 @@ func (s *Server) listInstances(w http.ResponseWriter, r *http.Request) {
 	if q.Get("watch") == "true" {
 		rev, ok := watchRevision(w, r)
 		if ok {
-			streamWatch(s, w, r, store.Instances, rev, match)
+			var keep func([]byte) bool // nil: every change
+			if app != "" || node != "" {
+				keep = matching(match)
+			}
+			streamWatch(s, w, r, store.Instances, rev, keep)
 		}
 		return
 	}

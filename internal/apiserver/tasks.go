@@ -238,7 +238,14 @@ func (s *Server) listTasks(w http.ResponseWriter, r *http.Request) {
 	}
 	if q.Get("watch") == "true" {
 		if rev, ok := watchRevision(w, r); ok {
-			streamWatch(s, w, r, store.Tasks, rev, match)
+			var keep func([]byte) bool
+			if queue != "" || node != "" || schedule != "" {
+				keep = matching(func(t *taskFilterView) bool {
+					return (queue == "" || t.Spec.Queue == queue) && (node == "" || t.Node == node) &&
+						(schedule == "" || t.Schedule == schedule)
+				})
+			}
+			streamWatch(s, w, r, store.Tasks, rev, keep)
 		}
 		return
 	}
@@ -270,6 +277,16 @@ func (s *Server) listTasks(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	writeJSON(w, http.StatusOK, api.List[api.Task]{Items: items, Revision: rev})
+}
+
+// taskFilterView is the part of a task the list filters read: a watch
+// decodes only this of every task change.
+type taskFilterView struct {
+	Node     string `json:"node"`
+	Schedule string `json:"schedule"`
+	Spec     struct {
+		Queue string `json:"queue"`
+	} `json:"spec"`
 }
 
 // getTaskOr404 reads a task, answering 404 naming it when there is none.

@@ -7,7 +7,6 @@ import (
 	"strconv"
 	"time"
 
-	"berth/api"
 	"berth/internal/store"
 )
 
@@ -27,12 +26,13 @@ func watchRevision(w http.ResponseWriter, r *http.Request) (int64, bool) {
 }
 
 // streamWatch writes the kind's changes after rev as NDJSON lines of
-// api.WatchEvent, keeping only those that match. An idle stream gets a
+// api.WatchEvent, keeping only those that match (nil: all). Records pass
+// through as stored, without a decode and encode. An idle stream gets a
 // bookmark line now and then, so that both ends notice a dead connection.
 // A revision that is too old answers 410: the client lists again.
-func streamWatch[T any](s *Server, w http.ResponseWriter, r *http.Request, kind store.Kind[T], rev int64, match func(*T) bool) {
+func streamWatch[T any](s *Server, w http.ResponseWriter, r *http.Request, kind store.Kind[T], rev int64, match func(record []byte) bool) {
 	ctx := r.Context()
-	events, errc := kind.Watch(ctx, s.Store, rev)
+	events, errc := kind.WatchRaw(ctx, s.Store, rev)
 	flusher, _ := w.(http.Flusher)
 	started := false
 	start := func() {
@@ -42,18 +42,18 @@ func streamWatch[T any](s *Server, w http.ResponseWriter, r *http.Request, kind 
 			started = true
 		}
 	}
-	enc := json.NewEncoder(w)
 	bookmark := time.NewTicker(15 * time.Second)
 	defer bookmark.Stop()
 	last := rev
 	unflushed := false
+	var line []byte
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-bookmark.C:
 			start()
-			_ = enc.Encode(api.WatchEvent[*T]{Type: "bookmark", Revision: last})
+			_, _ = w.Write(watchLine(line[:0], "bookmark", nil, last))
 			if flusher != nil {
 				flusher.Flush()
 			}
@@ -66,13 +66,14 @@ func streamWatch[T any](s *Server, w http.ResponseWriter, r *http.Request, kind 
 				return
 			}
 			last = ev.Revision
-			if match(&ev.Object) {
+			if ev.Value != nil && (match == nil || match(ev.Value)) {
 				typ := "put"
 				if ev.Deleted {
 					typ = "delete"
 				}
 				start()
-				if err := enc.Encode(api.WatchEvent[T]{Type: typ, Object: ev.Object, Revision: ev.Revision}); err != nil {
+				line = watchLine(line[:0], typ, ev.JSON(), ev.Revision)
+				if _, err := w.Write(line); err != nil {
 					return
 				}
 				unflushed = true
@@ -84,5 +85,31 @@ func streamWatch[T any](s *Server, w http.ResponseWriter, r *http.Request, kind 
 				unflushed = false
 			}
 		}
+	}
+}
+
+// watchLine appends one api.WatchEvent line with object as its (already
+// encoded) object, or null.
+func watchLine(b []byte, typ string, object []byte, rev int64) []byte {
+	b = append(b, `{"type":"`...)
+	b = append(b, typ...)
+	b = append(b, `","object":`...)
+	if object == nil {
+		b = append(b, "null"...)
+	} else {
+		b = append(b, object...)
+	}
+	b = append(b, `,"revision":`...)
+	b = strconv.AppendInt(b, rev, 10)
+	return append(b, "}\n"...)
+}
+
+// matching turns a filter on decoded records into one on stored records.
+// F may be a narrow view of the record (only the fields the filter reads),
+// which is cheaper to decode than the whole record.
+func matching[F any](keep func(*F) bool) func([]byte) bool {
+	return func(record []byte) bool {
+		var v F
+		return json.Unmarshal(record, &v) == nil && keep(&v)
 	}
 }

@@ -3,10 +3,12 @@
 package store
 
 import (
+	"bytes"
 	"context"
-	"encoding/json"
+	json "github.com/goccy/go-json"
 	"errors"
 	"fmt"
+	"strconv"
 	"sync"
 	"time"
 
@@ -73,6 +75,13 @@ var (
 
 func (k Kind[T]) key(name string) string { return root + k.prefix + name }
 
+// encode is the record as stored: without its version, which is the
+// key's revision and would be stale the moment it is written.
+func (k Kind[T]) encode(v T) string {
+	*k.version(&v) = 0
+	return mustJSON(v)
+}
+
 func (k Kind[T]) decode(value []byte, modRev int64) (T, error) {
 	var v T
 	if err := json.Unmarshal(value, &v); err != nil {
@@ -124,14 +133,14 @@ type Op struct {
 func (k Kind[T]) Create(name string, v T) Op {
 	key := k.key(name)
 	cmp := clientv3.Compare(clientv3.CreateRevision(key), "=", 0)
-	return Op{&cmp, clientv3.OpPut(key, mustJSON(v)), "create " + k.prefix + name, true}
+	return Op{&cmp, clientv3.OpPut(key, k.encode(v)), "create " + k.prefix + name, true}
 }
 
 // Put replaces a record read at version; the transaction fails if it changed since.
 func (k Kind[T]) Put(name string, v T, version int64) Op {
 	key := k.key(name)
 	cmp := clientv3.Compare(clientv3.ModRevision(key), "=", version)
-	return Op{&cmp, clientv3.OpPut(key, mustJSON(v)), "update " + k.prefix + name, false}
+	return Op{&cmp, clientv3.OpPut(key, k.encode(v)), "update " + k.prefix + name, false}
 }
 
 // Delete removes a record read at version; the transaction fails if it changed since.
@@ -143,7 +152,7 @@ func (k Kind[T]) Delete(name string, version int64) Op {
 
 // PutAny writes a record whatever is there.
 func (k Kind[T]) PutAny(name string, v T) Op {
-	return Op{op: clientv3.OpPut(k.key(name), mustJSON(v)), desc: "put " + k.prefix + name}
+	return Op{op: clientv3.OpPut(k.key(name), k.encode(v)), desc: "put " + k.prefix + name}
 }
 
 // DeleteAny removes a record whatever its version.
@@ -218,7 +227,67 @@ type Event[T any] struct {
 // when ctx ends or the watch fails; errc then says why (ErrCompacted when
 // rev is too old: list again).
 func (k Kind[T]) Watch(ctx context.Context, s *Store, rev int64) (<-chan Event[T], <-chan error) {
+	raw, rawErrc := k.WatchRaw(ctx, s, rev)
 	out := make(chan Event[T], 64)
+	errc := make(chan error, 1)
+	go func() {
+		defer close(out)
+		for re := range raw {
+			e := Event[T]{Name: re.Name, Revision: re.Revision, Deleted: re.Deleted}
+			if re.Value != nil {
+				var err error
+				if e.Object, err = k.decode(re.Value, re.ModRevision); err != nil {
+					errc <- err
+					return
+				}
+			}
+			select {
+			case out <- e:
+			case <-ctx.Done():
+				return
+			}
+		}
+		// WatchRaw says why before it closes its channel, if it was not ctx.
+		select {
+		case err := <-rawErrc:
+			errc <- err
+		default:
+		}
+	}()
+	return out, errc
+}
+
+// RawEvent is one change of a record, undecoded: for those that pass
+// records on without looking inside (the API's watch streams).
+type RawEvent struct {
+	Deleted     bool
+	Name        string
+	Value       []byte // the record as stored; the previous value for a delete, when known (else nil)
+	ModRevision int64  // the revision Value was written at: the record's version
+	Revision    int64  // of the change
+}
+
+// JSON returns the record with its version, as Get would give it after
+// a decode and encode. Records are stored without their version (it is
+// the key's revision), so it is added as the object's last member.
+func (e RawEvent) JSON() []byte {
+	v := bytes.TrimSpace(e.Value)
+	if len(v) < 2 || v[len(v)-1] != '}' {
+		return e.Value
+	}
+	out := make([]byte, 0, len(v)+32)
+	out = append(out, v[:len(v)-1]...)
+	if len(bytes.TrimSpace(v[1:len(v)-1])) > 0 {
+		out = append(out, ',')
+	}
+	out = append(out, `"version":`...)
+	out = strconv.AppendInt(out, e.ModRevision, 10)
+	return append(out, '}')
+}
+
+// WatchRaw is Watch without decoding.
+func (k Kind[T]) WatchRaw(ctx context.Context, s *Store, rev int64) (<-chan RawEvent, <-chan error) {
+	out := make(chan RawEvent, 64)
 	errc := make(chan error, 1)
 	prefix := root + k.prefix
 	wch := s.cli.Watch(clientv3.WithRequireLeader(ctx), prefix, clientv3.WithPrefix(), clientv3.WithRev(rev+1), clientv3.WithPrevKV())
@@ -237,20 +306,13 @@ func (k Kind[T]) Watch(ctx context.Context, s *Store, rev int64) (<-chan Event[T
 				return
 			}
 			for _, ev := range resp.Events {
-				e := Event[T]{Name: string(ev.Kv.Key[len(prefix):]), Revision: ev.Kv.ModRevision}
-				var err error
+				e := RawEvent{Name: string(ev.Kv.Key[len(prefix):]), Revision: ev.Kv.ModRevision,
+					Value: ev.Kv.Value, ModRevision: ev.Kv.ModRevision}
 				if ev.Type == clientv3.EventTypeDelete {
-					e.Deleted = true
-					e.Revision = resp.Header.Revision
+					e.Deleted, e.Revision, e.Value, e.ModRevision = true, resp.Header.Revision, nil, 0
 					if ev.PrevKv != nil {
-						e.Object, err = k.decode(ev.PrevKv.Value, ev.PrevKv.ModRevision)
+						e.Value, e.ModRevision = ev.PrevKv.Value, ev.PrevKv.ModRevision
 					}
-				} else {
-					e.Object, err = k.decode(ev.Kv.Value, ev.Kv.ModRevision)
-				}
-				if err != nil {
-					errc <- err
-					return
 				}
 				select {
 				case out <- e:
