@@ -152,7 +152,11 @@ type Node struct {
 	Labels    map[string]string `json:"labels,omitempty"`
 	Engine    string            `json:"engine,omitempty"` // Docker version
 	Heartbeat time.Time         `json:"heartbeat"`
-	// State is derived by the server from the heartbeat: ready or down.
+	// Draining is set by `berth node drain` and cleared by `activate`:
+	// nothing new is placed on the node and its instances move away.
+	Draining bool `json:"draining,omitempty"`
+	// State is derived by the server: down without a heartbeat for the
+	// node TTL, else draining or ready.
 	State   string `json:"state,omitempty"`
 	Version int64  `json:"version,omitempty"`
 }
@@ -164,14 +168,18 @@ type Capacity struct {
 }
 
 const (
-	NodeReady = "ready"
-	NodeDown  = "down"
+	NodeReady    = "ready"
+	NodeDown     = "down"
+	NodeDraining = "draining" // no new placements; its instances move away
 )
 
 // StateAt derives a node's state from its last heartbeat.
 func (n *Node) StateAt(now time.Time, ttl time.Duration) string {
-	if now.Sub(n.Heartbeat) > ttl {
+	switch {
+	case now.Sub(n.Heartbeat) > ttl:
 		return NodeDown
+	case n.Draining:
+		return NodeDraining
 	}
 	return NodeReady
 }

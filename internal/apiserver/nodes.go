@@ -52,6 +52,7 @@ func (s *Server) putNode(w http.ResponseWriter, r *http.Request) {
 			s.writeStoreError(w, err)
 			return
 		default:
+			n.Draining = old.Draining // the user's, not the agent's
 			op = store.Nodes.Put(name, n, old.Version)
 		}
 		rev, err := s.Store.Txn(ctx, op)
@@ -63,8 +64,45 @@ func (s *Server) putNode(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		n.Version = rev
-		n.State = api.NodeReady
+		n.State = n.StateAt(n.Heartbeat, s.NodeTTL)
 		writeJSON(w, http.StatusOK, n)
 		return
 	}
+}
+
+// POST /v1/nodes/{name}/drain: nothing new goes to the node and its
+// instances move to other nodes, one at a time.
+func (s *Server) drainNode(w http.ResponseWriter, r *http.Request) { s.setDraining(w, r, true) }
+
+// POST /v1/nodes/{name}/activate undoes a drain.
+func (s *Server) activateNode(w http.ResponseWriter, r *http.Request) { s.setDraining(w, r, false) }
+
+func (s *Server) setDraining(w http.ResponseWriter, r *http.Request, draining bool) {
+	ctx, name := r.Context(), r.PathValue("name")
+	msg := "activated: placements allowed again"
+	if draining {
+		msg = "draining: no new placements; its instances move away"
+	}
+	ev, err := s.Store.AppendEvent(ctx, api.Event{Kind: "node", Node: name, Message: msg})
+	if err != nil {
+		s.writeStoreError(w, err)
+		return
+	}
+	n, err := store.Nodes.Update(ctx, s.Store, name, func(n *api.Node) error {
+		if n.Draining == draining {
+			return store.ErrSkip // already so: no event either
+		}
+		n.Draining = draining
+		return nil
+	}, ev)
+	if errors.Is(err, store.ErrNotFound) {
+		writeError(w, http.StatusNotFound, "", "node %s not found", name)
+		return
+	}
+	if err != nil {
+		s.writeStoreError(w, err)
+		return
+	}
+	n.State = n.StateAt(time.Now(), s.NodeTTL)
+	writeJSON(w, http.StatusOK, n)
 }

@@ -106,6 +106,8 @@ func (s *Server) routes() []route {
 		{"DELETE /v1/instances/{name}", s.deleteInstance},
 		{"GET /v1/nodes", s.listNodes},
 		{"PUT /v1/nodes/{name}", s.putNode},
+		{"POST /v1/nodes/{name}/drain", s.drainNode},
+		{"POST /v1/nodes/{name}/activate", s.activateNode},
 		{"GET /v1/events", s.listEvents},
 		{"POST /v1/tasks", s.submitTasks},
 		{"GET /v1/tasks", s.listTasks},
