@@ -27,6 +27,11 @@ type Agent struct {
 	Node    string
 	// Address is where this node's published ports answer (and are published).
 	Address string
+	// Labels are the node's, for placement constraints and spread.
+	Labels map[string]string
+	// Reserve is held back from the engine's CPUs and memory for the host
+	// and the agent itself; the rest is the node's capacity.
+	Reserve api.Capacity
 	Log     *slog.Logger
 	// Workers bounds how many containers are created or stopped at once.
 	Workers int
@@ -140,10 +145,16 @@ func (a *Agent) putNode(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("container engine: %w", err)
 	}
+	capacity := api.Capacity{CPU: api.MilliCPU(info.CPUs*1000) - a.Reserve.CPU, Memory: api.Bytes(info.MemoryBytes) - a.Reserve.Memory}
+	if capacity.CPU <= 0 || capacity.Memory <= 0 {
+		return fmt.Errorf("the reserve (cpu %s, memory %s) leaves nothing of the engine's %d CPUs and %s",
+			a.Reserve.CPU, a.Reserve.Memory, info.CPUs, api.Bytes(info.MemoryBytes))
+	}
 	_, err = a.Client.PutNode(ctx, api.Node{
 		Name:     a.Node,
 		Address:  a.Address,
-		Capacity: api.Capacity{CPU: api.MilliCPU(info.CPUs * 1000), Memory: api.Bytes(info.MemoryBytes)},
+		Capacity: capacity,
+		Labels:   a.Labels,
 		Engine:   info.Version,
 	})
 	return err
