@@ -179,6 +179,9 @@ func (s *AppSpec) Default() {
 	if s.Idle != nil && s.Idle.WakeTimeout == nil {
 		s.Idle.WakeTimeout = ptr(Duration(DefaultWakeTimeout))
 	}
+	if s.Placement != nil {
+		s.Placement.Default()
+	}
 	if s.Health == nil && s.Port > 0 {
 		s.Health = &Health{TCP: true}
 	}
@@ -261,6 +264,11 @@ func (s *AppSpec) Validate(maxMemory Bytes) error {
 	}
 	if h := s.Health; h != nil {
 		if err := h.validate(s.Port); err != nil {
+			return err
+		}
+	}
+	if p := s.Placement; p != nil {
+		if err := p.Validate(); err != nil {
 			return err
 		}
 	}

@@ -27,6 +27,8 @@ type AppSpec struct {
 	// Idle, when set, scales the app to zero after StopAfter without a
 	// request; the gateway wakes it on the next one.
 	Idle *Idle `json:"idle,omitempty"`
+	// Placement: which nodes the instances may go to and how they spread.
+	Placement *Placement `json:"placement,omitempty"`
 }
 
 // Idle is an app's scale-to-zero policy.
