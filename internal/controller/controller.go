@@ -28,6 +28,8 @@ type Controller struct {
 	// that apps and tasks never overbook a node together. Without it,
 	// running tasks are read from the store.
 	Tasks *Tasks
+
+	started time.Time // of Run: nodes get one NodeTTL to be heard from
 }
 
 // Run reconciles on every change of apps, instances or nodes until ctx ends.
@@ -38,6 +40,7 @@ func (c *Controller) Run(ctx context.Context) error {
 	if c.Resync == 0 {
 		c.Resync = 2 * time.Second
 	}
+	c.started = time.Now()
 	kick := make(chan struct{}, 1)
 	trigger := func() {
 		select {
@@ -99,19 +102,23 @@ func (c *Controller) Reconcile(ctx context.Context) error {
 	for _, inst := range instances {
 		byApp[inst.App] = append(byApp[inst.App], inst)
 	}
+	nodes, err := c.nodeStates(ctx, now)
+	if err != nil {
+		return err
+	}
 	var errs []error
 	if err := c.idleApps(ctx, apps, byApp, now); err != nil {
 		errs = append(errs, err)
 	}
 	for _, app := range apps {
-		if err := c.applyPlan(ctx, app, byApp[app.Spec.Name], now); err != nil {
+		if err := c.applyPlan(ctx, app, byApp[app.Spec.Name], nodes, now); err != nil {
 			errs = append(errs, fmt.Errorf("app %s: %w", app.Spec.Name, err))
 		}
 		delete(byApp, app.Spec.Name)
 	}
 	// Instances whose app record is gone (e.g. a crash mid-removal) are retired.
 	for name, insts := range byApp {
-		if err := c.applyPlan(ctx, api.App{Spec: api.AppSpec{Name: name}, Deleting: true}, insts, now); err != nil {
+		if err := c.applyPlan(ctx, api.App{Spec: api.AppSpec{Name: name}, Deleting: true}, insts, nodes, now); err != nil {
 			errs = append(errs, fmt.Errorf("orphaned instances of %s: %w", name, err))
 		}
 	}
@@ -121,8 +128,27 @@ func (c *Controller) Reconcile(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-func (c *Controller) applyPlan(ctx context.Context, app api.App, insts []api.Instance, now time.Time) error {
-	p := PlanApp(app, insts, now)
+// nodeStates is the state of every node for PlanApp. For one node TTL
+// after this controller started, no node counts as down: the server, not
+// the nodes, may have been away, and their heartbeats are on the way.
+func (c *Controller) nodeStates(ctx context.Context, now time.Time) (map[string]string, error) {
+	nodes, _, err := store.Nodes.List(ctx, c.Store)
+	if err != nil {
+		return nil, err
+	}
+	states := make(map[string]string, len(nodes))
+	for i := range nodes {
+		n := &nodes[i]
+		states[n.Name] = n.StateAt(now, c.NodeTTL)
+		if states[n.Name] == api.NodeDown && now.Sub(c.started) <= c.NodeTTL {
+			states[n.Name] = api.NodeReady
+		}
+	}
+	return states, nil
+}
+
+func (c *Controller) applyPlan(ctx context.Context, app api.App, insts []api.Instance, nodes map[string]string, now time.Time) error {
+	p := PlanApp(app, insts, nodes, now)
 	var ops []store.Op
 	for _, inst := range p.Create {
 		ops = append(ops, store.Instances.Create(inst.Name, inst))
@@ -144,7 +170,12 @@ func (c *Controller) applyPlan(ctx context.Context, app api.App, insts []api.Ins
 		} else {
 			ops = append(ops, store.Instances.Put(inst.Name, inst, inst.Version))
 		}
-		ev, err := c.Store.AppendEvent(ctx, api.Event{Kind: "retired", App: inst.App, Instance: inst.Name, Node: inst.Node, Message: reason})
+		kind := "retired"
+		if _, lost := p.Lost[inst.Name]; lost {
+			kind = "lost"
+			reason += ": replaced"
+		}
+		ev, err := c.Store.AppendEvent(ctx, api.Event{Kind: kind, App: inst.App, Instance: inst.Name, Node: inst.Node, Message: reason})
 		if err != nil {
 			return err
 		}
@@ -277,8 +308,20 @@ func (c *Controller) schedule(ctx context.Context, now time.Time) error {
 	}
 	var pending, placed []api.Instance
 	byName := map[string]api.Instance{}
+	nodes, _, err := store.Nodes.List(ctx, c.Store)
+	if err != nil {
+		return err
+	}
+	down := map[string]bool{}
+	for i := range nodes {
+		nodes[i].State = nodes[i].StateAt(now, c.NodeTTL)
+		down[nodes[i].Name] = nodes[i].State == api.NodeDown
+	}
 	for _, inst := range instances {
 		switch {
+		case down[inst.Node]:
+			// Lost with its node: it counts neither against the node's
+			// room nor in its app's spread, which its replacement restores.
 		case inst.Node != "":
 			placed = append(placed, inst)
 		case inst.Desired == api.DesiredRun:
@@ -295,13 +338,6 @@ func (c *Controller) schedule(ctx context.Context, now time.Time) error {
 	}
 	defer release()
 	placed = append(placed, running...)
-	nodes, _, err := store.Nodes.List(ctx, c.Store)
-	if err != nil {
-		return err
-	}
-	for i := range nodes {
-		nodes[i].State = nodes[i].StateAt(now, c.NodeTTL)
-	}
 	sort.Slice(pending, func(a, b int) bool {
 		if !pending[a].Created.Equal(pending[b].Created) {
 			return pending[a].Created.Before(pending[b].Created)

@@ -12,6 +12,7 @@ import (
 type Plan struct {
 	Create    []api.Instance
 	Retire    map[string]string // instance name -> reason
+	Lost      map[string]string // instance name -> why: its node is down or gone; retired too
 	Idle      []string          // instances to stop and keep: the app is scaled to zero
 	Resume    []string          // idle instances to start again: the app was woken
 	DeleteApp bool              // app is being removed and nothing of it is left
@@ -22,13 +23,35 @@ type Plan struct {
 // one instance and never lets the number of healthy instances drop below
 // the replicas: a new instance starts, becomes healthy, then an old one is
 // retired. Unhealthy and broken old instances are retired at once.
-func PlanApp(app api.App, instances []api.Instance, now time.Time) Plan {
-	p := Plan{Retire: map[string]string{}}
+//
+// nodes gives the state of each node (ready, down, draining); an
+// instance on a node that is down or not in nodes is lost and replaced at
+// once, and instances on a draining node move like old ones in a rolling
+// update, one at a time. A nil nodes map says nothing: every node is
+// taken as ready.
+func PlanApp(app api.App, instances []api.Instance, nodes map[string]string, now time.Time) Plan {
+	p := Plan{Retire: map[string]string{}, Lost: map[string]string{}}
 	var active []api.Instance
+	draining := map[string]bool{}
 	for _, inst := range instances {
-		if inst.Desired != api.DesiredStop {
-			active = append(active, inst)
+		if inst.Desired == api.DesiredStop {
+			continue
 		}
+		switch state, known := nodes[inst.Node]; {
+		case nodes == nil || inst.Node == "" || state == api.NodeReady:
+		case !known:
+			p.Lost[inst.Name] = fmt.Sprintf("lost: node %s is gone", inst.Node)
+			continue
+		case state == api.NodeDown:
+			p.Lost[inst.Name] = fmt.Sprintf("lost: node %s is down", inst.Node)
+			continue
+		case state == api.NodeDraining:
+			draining[inst.Name] = true
+		}
+		active = append(active, inst)
+	}
+	for name, why := range p.Lost {
+		p.Retire[name] = why
 	}
 	if app.Deleting {
 		for _, inst := range active {
@@ -68,7 +91,7 @@ func PlanApp(app api.App, instances []api.Instance, now time.Time) Plan {
 	var cur, old []api.Instance
 	healthy := 0
 	for _, inst := range active {
-		if inst.Revision == app.TemplateRevision {
+		if inst.Revision == app.TemplateRevision && !draining[inst.Name] {
 			cur = append(cur, inst)
 		} else {
 			old = append(old, inst)
@@ -83,13 +106,17 @@ func PlanApp(app api.App, instances []api.Instance, now time.Time) Plan {
 	// more than the wanted number are healthy.
 	sortForRetirement(old)
 	for _, inst := range old {
+		why := fmt.Sprintf("replaced by revision %d", app.TemplateRevision)
+		if draining[inst.Name] {
+			why = fmt.Sprintf("moved off node %s: draining", inst.Node)
+		}
 		switch {
 		case want == 0:
 			p.Retire[inst.Name] = "scaled to zero"
 		case !isHealthy(inst):
-			p.Retire[inst.Name] = fmt.Sprintf("replaced by revision %d", app.TemplateRevision)
+			p.Retire[inst.Name] = why
 		case healthy > want:
-			p.Retire[inst.Name] = fmt.Sprintf("replaced by revision %d", app.TemplateRevision)
+			p.Retire[inst.Name] = why
 			healthy--
 		}
 	}

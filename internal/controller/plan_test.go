@@ -99,7 +99,7 @@ func TestPlanApp(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			p := PlanApp(tt.app, tt.insts, time.Time{})
+			p := PlanApp(tt.app, tt.insts, nil, time.Time{})
 			if got := names(p.Create); !equal(got, tt.wantCreate) {
 				t.Errorf("create = %v, want %v", got, tt.wantCreate)
 			}
@@ -128,7 +128,7 @@ func TestRollingUpdateKeepsCapacity(t *testing.T) {
 		insts = append(insts, inst(i, 1, "ok"))
 	}
 	for step := 0; step < 50; step++ {
-		p := PlanApp(a, insts, time.Time{})
+		p := PlanApp(a, insts, nil, time.Time{})
 		var next []api.Instance
 		for _, i := range insts {
 			if _, gone := p.Retire[i.Name]; gone {
@@ -172,19 +172,19 @@ func TestRollingUpdateKeepsCapacity(t *testing.T) {
 func TestPlanIdle(t *testing.T) {
 	idled := app(2, 1)
 	idled.Idled = true
-	p := PlanApp(idled, []api.Instance{inst(1, 1, "ok"), inst(2, 1, "idle")}, time.Time{})
+	p := PlanApp(idled, []api.Instance{inst(1, 1, "ok"), inst(2, 1, "idle")}, nil, time.Time{})
 	if !equal(p.Idle, []string{"web-1"}) || len(p.Create) != 0 || len(p.Retire) != 0 || len(p.Resume) != 0 {
 		t.Fatalf("idled app: %+v, want web-1 idled and nothing else", p)
 	}
 	// Woken: idle instances resume and count as the replicas.
-	p = PlanApp(app(2, 1), []api.Instance{inst(1, 1, "idle"), inst(2, 1, "idle")}, time.Time{})
+	p = PlanApp(app(2, 1), []api.Instance{inst(1, 1, "idle"), inst(2, 1, "idle")}, nil, time.Time{})
 	if !equal(p.Resume, []string{"web-1", "web-2"}) || len(p.Create) != 0 || len(p.Retire) != 0 {
 		t.Fatalf("woken app: %+v, want both resumed, none created", p)
 	}
 	// Removed while idle: the kept containers go too.
 	gone := app(2, 1)
 	gone.Idled, gone.Deleting = true, true
-	p = PlanApp(gone, []api.Instance{inst(1, 1, "idle")}, time.Time{})
+	p = PlanApp(gone, []api.Instance{inst(1, 1, "idle")}, nil, time.Time{})
 	if _, ok := p.Retire["web-1"]; !ok {
 		t.Fatalf("removed idle app: %+v, want web-1 retired", p)
 	}
@@ -222,4 +222,84 @@ func TestSettled(t *testing.T) {
 			t.Errorf("%s: settled = %v, want %v", tt.name, got, tt.want)
 		}
 	}
+}
+
+func on(i api.Instance, node string) api.Instance {
+	i.Node = node
+	return i
+}
+
+// Instances on a node that is down or gone are lost: retired and replaced
+// at once, whatever their health.
+func TestPlanLostNodes(t *testing.T) {
+	nodes := map[string]string{"n1": api.NodeReady, "n2": api.NodeDown}
+	insts := []api.Instance{on(inst(1, 1, "ok"), "n1"), on(inst(2, 1, "ok"), "n2"), on(inst(3, 1, "ok"), "n3")}
+	p := PlanApp(app(3, 1), insts, nodes, time.Time{})
+	if got := retired(p); !equal(got, []string{"web-2", "web-3"}) {
+		t.Fatalf("retire = %v, want web-2 (node down) and web-3 (node gone)", got)
+	}
+	if p.Lost["web-2"] != "lost: node n2 is down" || p.Lost["web-3"] != "lost: node n3 is gone" {
+		t.Errorf("lost = %v", p.Lost)
+	}
+	if got := names(p.Create); !equal(got, []string{"web-4", "web-5"}) {
+		t.Errorf("create = %v, want two replacements with new indexes", got)
+	}
+	// A nil map says nothing about nodes: nothing is lost.
+	if p := PlanApp(app(3, 1), insts, nil, time.Time{}); len(p.Retire) != 0 || len(p.Create) != 0 {
+		t.Errorf("without node states: %+v, want no change", p)
+	}
+}
+
+// Draining moves instances one at a time: a replacement first, the old
+// one only once the replacement is healthy.
+func TestPlanDrainOneAtATime(t *testing.T) {
+	nodes := map[string]string{"n1": api.NodeReady, "n3": api.NodeDraining}
+	a := app(3, 1)
+	insts := []api.Instance{on(inst(1, 1, "ok"), "n1"), on(inst(2, 1, "ok"), "n3"), on(inst(3, 1, "ok"), "n3")}
+	for step := 0; step < 20; step++ {
+		p := PlanApp(a, insts, nodes, time.Time{})
+		if len(p.Lost) != 0 {
+			t.Fatalf("step %d: lost %v on a draining node", step, p.Lost)
+		}
+		var next []api.Instance
+		for _, i := range insts {
+			if why, gone := p.Retire[i.Name]; gone {
+				if i.Node != "n3" || why != "moved off node n3: draining" {
+					t.Fatalf("step %d: retired %s on %s: %q", step, i.Name, i.Node, why)
+				}
+				continue
+			}
+			if i.Status.State == api.StateStarting {
+				i.Status = api.Status{State: api.StateRunning, Healthy: true, Address: "a"}
+			}
+			next = append(next, i)
+		}
+		if len(p.Create) > 1 {
+			t.Fatalf("step %d: %d created at once, want one at a time", step, len(p.Create))
+		}
+		for _, c := range p.Create {
+			c.Node, c.Status = "n1", api.Status{State: api.StateStarting}
+			next = append(next, c)
+		}
+		insts = next
+		healthy, onDrained := 0, 0
+		for _, i := range insts {
+			if isHealthy(i) {
+				healthy++
+			}
+			if i.Node == "n3" {
+				onDrained++
+			}
+		}
+		if healthy < 3 {
+			t.Fatalf("step %d: %d healthy, want >= 3 while draining", step, healthy)
+		}
+		if onDrained == 0 && len(p.Create) == 0 && len(p.Retire) == 0 {
+			if len(insts) != 3 {
+				t.Fatalf("drained with %d instances, want 3", len(insts))
+			}
+			return
+		}
+	}
+	t.Fatal("drain did not converge in 20 steps")
 }
