@@ -159,8 +159,14 @@ type Node struct {
 	Draining bool `json:"draining,omitempty"`
 	// State is derived by the server: down without a heartbeat for the
 	// node TTL, else draining or ready.
-	State   string `json:"state,omitempty"`
-	Version int64  `json:"version,omitempty"`
+	State string `json:"state,omitempty"`
+	// Allocated, Instances and Tasks are derived by the server when it
+	// lists nodes: what the instances and running tasks placed on the node
+	// reserve, and how many there are.
+	Allocated *Capacity `json:"allocated,omitempty"`
+	Instances int       `json:"instances,omitempty"`
+	Tasks     int       `json:"tasks,omitempty"`
+	Version   int64     `json:"version,omitempty"`
 }
 
 // Capacity is what a node offers, or what is allocated on it.
@@ -256,12 +262,16 @@ type ScaleRequest struct {
 type ServerStatus struct {
 	Version    string `json:"version"`
 	Cluster    string `json:"cluster"` // id of this berth cluster, on every container label`
-	Leader     bool   `json:"leader"`
-	Store      string `json:"store"` // ok or the error
+	Leader     bool   `json:"leader"`  // this server runs the controllers
+	Store      string `json:"store"`   // ok or the error
 	StoreRev   int64  `json:"store_revision"`
 	StoreBytes int64  `json:"store_bytes"`
 	Apps       int    `json:"apps"`
 	Instances  int    `json:"instances"`
 	Nodes      int    `json:"nodes"`
 	Uptime     string `json:"uptime"`
+	// Server is this server's name among several (its API URL);
+	// LeaderServer names the one that leads ("" while none does).
+	Server       string `json:"server,omitempty"`
+	LeaderServer string `json:"leader_server,omitempty"`
 }

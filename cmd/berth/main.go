@@ -49,7 +49,7 @@ Docker engine in one process), then use the other verbs as its client.`,
 	root.AddCommand(
 		upCmd(g),
 		deployCmd(g), psCmd(g), logsCmd(g), scaleCmd(g), rmCmd(g),
-		appsCmd(g), eventsCmd(g), nodesCmd(g), statusCmd(g),
+		appsCmd(g), eventsCmd(g), nodesCmd(g), nodeCmd(g), statusCmd(g),
 		routesCmd(g), gatewayCmd(g),
 	)
 	root.AddCommand(

@@ -16,9 +16,41 @@ func (s *Server) listNodes(w http.ResponseWriter, r *http.Request) {
 		s.writeStoreError(w, err)
 		return
 	}
+	insts, _, err := store.Instances.List(r.Context(), s.Store)
+	if err != nil {
+		s.writeStoreError(w, err)
+		return
+	}
+	tasks, _, err := store.Tasks.List(r.Context(), s.Store)
+	if err != nil {
+		s.writeStoreError(w, err)
+		return
+	}
+	alloc, counts, running := map[string]api.Capacity{}, map[string]int{}, map[string]int{}
+	hold := func(node string, res api.Resources) {
+		a := alloc[node]
+		a.CPU += res.CPU
+		a.Memory += res.Memory
+		alloc[node] = a
+	}
+	for i := range insts {
+		if n := insts[i].Node; n != "" {
+			hold(n, insts[i].Spec.Resources)
+			counts[n]++
+		}
+	}
+	for i := range tasks {
+		if t := &tasks[i]; t.State == api.TaskRunning && t.Node != "" {
+			hold(t.Node, t.Spec.Resources)
+			running[t.Node]++
+		}
+	}
 	now := time.Now()
 	for i := range nodes {
-		nodes[i].State = nodes[i].StateAt(now, s.NodeTTL)
+		n := &nodes[i]
+		n.State = n.StateAt(now, s.NodeTTL)
+		a := alloc[n.Name]
+		n.Allocated, n.Instances, n.Tasks = &a, counts[n.Name], running[n.Name]
 	}
 	sort.Slice(nodes, func(i, j int) bool { return nodes[i].Name < nodes[j].Name })
 	writeJSON(w, http.StatusOK, api.List[api.Node]{Items: nodes, Revision: rev})
@@ -39,8 +71,11 @@ func (s *Server) putNode(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "capacity", "capacity: cpu and memory must be positive")
 		return
 	}
+	if !s.bindNode(w, r, name) { // an agent token acts for one node only
+		return
+	}
 	n.Heartbeat = time.Now().UTC()
-	n.State = ""
+	n.State, n.Allocated, n.Instances, n.Tasks = "", nil, 0, 0 // derived, never stored
 	ctx := r.Context()
 	for {
 		old, err := store.Nodes.Get(ctx, s.Store, name)

@@ -52,8 +52,8 @@ func TestDeployAndInspect(t *testing.T) {
 	}
 	nodes := b.cli(t, "nodes")
 	if nodes.code != 0 || !strings.HasPrefix(nodes.stdout, "NAME") ||
-		!regexp.MustCompile(`(?m)^`+regexp.QuoteMeta(b.node)+`\s+ready\s+127\.0\.0\.1\s+\S+\s+\S+\s+3\s`).MatchString(nodes.stdout) {
-		t.Errorf("berth nodes: want a header and a row '%s ready 127.0.0.1 <cpu> <memory> 3 ...':\n%s", b.node, nodes)
+		!regexp.MustCompile(`(?m)^`+regexp.QuoteMeta(b.node)+`\s+ready\s+127\.0\.0\.1\s+-\s+\S+/\S+\s+\S+/\S+\s+3\s+0\s`).MatchString(nodes.stdout) {
+		t.Errorf("berth nodes: want a header and a row '%s ready 127.0.0.1 - <cpu> <memory> 3 0 ...':\n%s", b.node, nodes)
 	}
 	status := b.cli(t, "status")
 	if status.code != 0 || !regexp.MustCompile(`(?m)^cluster\s+`+b.cluster+`$`).MatchString(status.stdout) ||
