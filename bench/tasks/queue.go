@@ -93,7 +93,11 @@ func runQueue(ctx context.Context, n, batch int, profile string) (*queueResult, 
 	}
 	const token = "bench"
 	c := client.New(lis.Addr().String(), token)
-	ag := &agent.Agent{Client: c, Runtime: rt, Node: "bench", Address: "127.0.0.1", Workers: 32,
+	agentToken, err := apiserver.CreateToken(ctx, st, api.TokenRequest{Role: api.RoleAgent})
+	if err != nil {
+		return nil, err
+	}
+	ag := &agent.Agent{Client: client.New(lis.Addr().String(), agentToken.Secret), Runtime: rt, Node: "bench", Address: "127.0.0.1", Workers: 32,
 		PayloadDir: filepath.Join(dir, "payloads"), Log: log.With("component", "agent")}
 	srv := &apiserver.Server{Store: st, Token: token, Cluster: cluster, Log: log.With("component", "api"),
 		TaskLogs: taskLogs,

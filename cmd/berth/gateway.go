@@ -53,7 +53,7 @@ request and reports when apps were last used. 'berth up' runs one already.`,
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if servers != "" {
-				g.addr = strings.Split(servers, ",")[0]
+				g.addr = servers // the client fails over between them
 			}
 			cl, err := g.client()
 			if err != nil {

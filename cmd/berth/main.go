@@ -36,24 +36,27 @@ func main() {
 containers from app specs written in YAML.
 
 Start it with 'berth up' (server, embedded etcd and an agent for the local
-Docker engine in one process), then use the other verbs as its client.`,
+Docker engine in one process), then use the other verbs as its client.
+On several hosts, run 'berth server' (one or three) and 'berth agent' on
+each Docker host (see docs/operations.md).`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		Version:       version,
 	}
 	pf := root.PersistentFlags()
-	pf.StringVar(&g.addr, "addr", envOr("BERTH_ADDR", defaultAddr), "berth server address (env BERTH_ADDR)")
+	pf.StringVar(&g.addr, "addr", envOr("BERTH_ADDR", defaultAddr), "berth server address, or several comma-separated to fail over between (env BERTH_ADDR)")
 	pf.StringVar(&g.token, "token", os.Getenv("BERTH_TOKEN"), "API token (env BERTH_TOKEN; default: read from <data-dir>/token)")
 	pf.StringVar(&g.dataDir, "data-dir", envOr("BERTH_DATA_DIR", defaultDataDir), "data directory (env BERTH_DATA_DIR)")
 
 	root.AddCommand(
-		upCmd(g),
+		upCmd(g), serverCmd(g), agentCmd(g),
 		deployCmd(g), psCmd(g), logsCmd(g), scaleCmd(g), rmCmd(g),
 		appsCmd(g), eventsCmd(g), nodesCmd(g), nodeCmd(g), statusCmd(g),
 		routesCmd(g), gatewayCmd(g),
 	)
 	root.AddCommand(
 		runCmd(g), tasksCmd(g), taskCmd(g), queueCmd(g), scheduleCmd(g),
+		tokenCmd(g),
 	)
 	if err := root.Execute(); err != nil {
 		if ex := exitCode(0); errors.As(err, &ex) {

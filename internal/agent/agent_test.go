@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http/httptest"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -24,6 +25,7 @@ type cluster struct {
 	t          *testing.T
 	rt         *fake.Runtime
 	client     *client.Client
+	agentCl    *client.Client // with an agent token: registers n1 and acts for it
 	ctx        context.Context
 	stopAg     context.CancelFunc
 	payloadDir string
@@ -54,7 +56,12 @@ func newCluster(t *testing.T) *cluster {
 	ctl := &controller.Controller{Store: st, Log: log, Tasks: tasks}
 	go ctl.Run(ctx)
 	go tasks.Run(ctx)
-	c := &cluster{t: t, rt: fake.New(), client: client.New(hs.URL, "t"), ctx: ctx, payloadDir: t.TempDir(), st: st}
+	agentToken, err := apiserver.EnsureAgentToken(ctx, st, filepath.Join(t.TempDir(), "agent-token"), "n1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &cluster{t: t, rt: fake.New(), client: client.New(hs.URL, "t"), agentCl: client.New(hs.URL, agentToken),
+		ctx: ctx, payloadDir: t.TempDir(), st: st}
 	c.startAgent()
 	return c
 }
@@ -62,7 +69,7 @@ func newCluster(t *testing.T) *cluster {
 func (c *cluster) startAgent() {
 	actx, stop := context.WithCancel(c.ctx)
 	c.stopAg = stop
-	ag := &Agent{Client: c.client, Runtime: c.rt, Node: "n1", Address: "127.0.0.1", PayloadDir: c.payloadDir,
+	ag := &Agent{Client: c.agentCl, Runtime: c.rt, Node: "n1", Address: "127.0.0.1", PayloadDir: c.payloadDir,
 		Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Heartbeat: 200 * time.Millisecond}
 	done := make(chan struct{})
 	go func() { ag.Run(actx); close(done) }()

@@ -16,7 +16,7 @@ import (
 func (s *Server) listApps(w http.ResponseWriter, r *http.Request) {
 	if r.URL.Query().Get("watch") == "true" {
 		if rev, ok := watchRevision(w, r); ok {
-			streamWatch(s, w, r, store.Apps, rev, nil)
+			streamWatch(s, w, r, store.Apps, rev, watchFilter{})
 		}
 		return
 	}

@@ -16,11 +16,7 @@ func (s *Server) listEvents(w http.ResponseWriter, r *http.Request) {
 	if q.Get("watch") == "true" {
 		rev, ok := watchRevision(w, r)
 		if ok {
-			var keep func([]byte) bool // nil: every change
-			if app != "" {
-				keep = matching(match)
-			}
-			streamWatch(s, w, r, store.Events, rev, keep)
+			streamWatch(s, w, r, store.Events, rev, watchFilter{App: app})
 		}
 		return
 	}

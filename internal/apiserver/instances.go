@@ -15,17 +15,16 @@ import (
 func (s *Server) listInstances(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	app, node := q.Get("app"), q.Get("node")
+	if !s.ownNodeFilter(w, r, node, "instances") {
+		return
+	}
 	match := func(i *api.Instance) bool {
 		return (app == "" || i.App == app) && (node == "" || i.Node == node)
 	}
 	if q.Get("watch") == "true" {
 		rev, ok := watchRevision(w, r)
 		if ok {
-			var keep func([]byte) bool // nil: every change
-			if app != "" || node != "" {
-				keep = matching(match)
-			}
-			streamWatch(s, w, r, store.Instances, rev, keep)
+			streamWatch(s, w, r, store.Instances, rev, watchFilter{Node: node, App: app})
 		}
 		return
 	}
@@ -67,6 +66,9 @@ func (s *Server) putInstanceStatus(w http.ResponseWriter, r *http.Request) {
 		inst, err := store.Instances.Get(ctx, s.Store, name)
 		if err != nil {
 			s.writeStoreError(w, err)
+			return
+		}
+		if !s.ownNode(w, r, inst.Node, "instance "+name) {
 			return
 		}
 		old := inst.Status
@@ -175,6 +177,9 @@ func (s *Server) deleteInstance(w http.ResponseWriter, r *http.Request) {
 		inst, err := store.Instances.Get(ctx, s.Store, name)
 		if err != nil {
 			s.writeStoreError(w, err)
+			return
+		}
+		if !s.ownNode(w, r, inst.Node, "instance "+name) {
 			return
 		}
 		if inst.Desired != api.DesiredStop {

@@ -4,7 +4,6 @@ package apiserver
 
 import (
 	"context"
-	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -43,6 +42,7 @@ type Server struct {
 	TaskLogs *tasklog.Store
 
 	started time.Time
+	tokens  tokenCache
 }
 
 // Handler returns the API's routes behind authentication.
@@ -56,7 +56,7 @@ func (s *Server) Handler() http.Handler {
 	v1 := http.NewServeMux()
 	allowed := map[string][]string{} // path pattern -> its methods
 	for _, rt := range s.routes() {
-		v1.HandleFunc(rt.pattern, rt.handler)
+		v1.HandleFunc(rt.pattern, allow(rt.access, rt.pattern, rt.handler))
 		method, path, _ := strings.Cut(rt.pattern, " ")
 		allowed[path] = append(allowed[path], method)
 	}
@@ -85,58 +85,50 @@ func (s *Server) Handler() http.Handler {
 
 type route struct {
 	pattern string // "METHOD /path", as documented in docs/api.md
+	access  access // which tokens may call it, as docs/api.md says
 	handler http.HandlerFunc
 }
 
-// routes are the authenticated endpoints.
+// routes are the authenticated endpoints. Those an agent may call keep it
+// to its own node (ownNode, bindNode).
 func (s *Server) routes() []route {
 	return []route{
-		{"GET /v1/status", s.status},
-		{"GET /v1/apps", s.listApps},
-		{"GET /v1/apps/{name}", s.getApp},
-		{"PUT /v1/apps/{name}", s.putApp},
-		{"DELETE /v1/apps/{name}", s.deleteApp},
-		{"POST /v1/apps/{name}/scale", s.scaleApp},
-		{"GET /v1/apps/{name}/logs", s.appLogs},
-		{"POST /v1/apps/{name}/wake", s.wakeApp},
-		{"POST /v1/access", s.postAccess},
-		{"GET /v1/routes", s.listRoutes},
-		{"GET /v1/instances", s.listInstances},
-		{"PUT /v1/instances/{name}/status", s.putInstanceStatus},
-		{"DELETE /v1/instances/{name}", s.deleteInstance},
-		{"GET /v1/nodes", s.listNodes},
-		{"PUT /v1/nodes/{name}", s.putNode},
-		{"POST /v1/nodes/{name}/drain", s.drainNode},
-		{"POST /v1/nodes/{name}/activate", s.activateNode},
-		{"GET /v1/events", s.listEvents},
-		{"POST /v1/tasks", s.submitTasks},
-		{"GET /v1/tasks", s.listTasks},
-		{"GET /v1/tasks/{id}", s.getTask},
-		{"GET /v1/tasks/{id}/payload", s.taskPayload},
-		{"POST /v1/tasks/{id}/cancel", s.cancelTask},
-		{"GET /v1/tasks/{id}/logs", s.taskLogs},
-		{"PUT /v1/tasks/{id}/attempts/{n}/log", s.putTaskLog},
-		{"POST /v1/tasks/reports", s.postTaskReports},
-		{"GET /v1/queues", s.listQueues},
-		{"PUT /v1/queues/{name}", s.putQueue},
-		{"GET /v1/schedules", s.listSchedules},
-		{"GET /v1/schedules/{name}", s.getSchedule},
-		{"PUT /v1/schedules/{name}", s.putSchedule},
-		{"DELETE /v1/schedules/{name}", s.deleteSchedule},
+		{"GET /v1/status", userOrAgent, s.status},
+		{"GET /v1/apps", userOnly, s.listApps},
+		{"GET /v1/apps/{name}", userOnly, s.getApp},
+		{"PUT /v1/apps/{name}", userOnly, s.putApp},
+		{"DELETE /v1/apps/{name}", userOnly, s.deleteApp},
+		{"POST /v1/apps/{name}/scale", userOnly, s.scaleApp},
+		{"GET /v1/apps/{name}/logs", userOnly, s.appLogs},
+		{"POST /v1/apps/{name}/wake", userOnly, s.wakeApp},
+		{"POST /v1/access", userOnly, s.postAccess},
+		{"GET /v1/routes", userOnly, s.listRoutes},
+		{"GET /v1/instances", userOrAgent, s.listInstances},
+		{"PUT /v1/instances/{name}/status", userOrAgent, s.putInstanceStatus},
+		{"DELETE /v1/instances/{name}", userOrAgent, s.deleteInstance},
+		{"GET /v1/nodes", userOnly, s.listNodes},
+		{"PUT /v1/nodes/{name}", agentOnly, s.putNode},
+		{"POST /v1/nodes/{name}/drain", userOnly, s.drainNode},
+		{"POST /v1/nodes/{name}/activate", userOnly, s.activateNode},
+		{"GET /v1/events", userOnly, s.listEvents},
+		{"POST /v1/tasks", userOnly, s.submitTasks},
+		{"GET /v1/tasks", userOrAgent, s.listTasks},
+		{"GET /v1/tasks/{id}", userOrAgent, s.getTask},
+		{"GET /v1/tasks/{id}/payload", userOrAgent, s.taskPayload},
+		{"POST /v1/tasks/{id}/cancel", userOnly, s.cancelTask},
+		{"GET /v1/tasks/{id}/logs", userOnly, s.taskLogs},
+		{"PUT /v1/tasks/{id}/attempts/{n}/log", userOrAgent, s.putTaskLog},
+		{"POST /v1/tasks/reports", userOrAgent, s.postTaskReports},
+		{"GET /v1/queues", userOnly, s.listQueues},
+		{"PUT /v1/queues/{name}", userOnly, s.putQueue},
+		{"GET /v1/schedules", userOnly, s.listSchedules},
+		{"GET /v1/schedules/{name}", userOnly, s.getSchedule},
+		{"PUT /v1/schedules/{name}", userOnly, s.putSchedule},
+		{"DELETE /v1/schedules/{name}", userOnly, s.deleteSchedule},
+		{"POST /v1/tokens", userOnly, s.createToken},
+		{"GET /v1/tokens", userOnly, s.listTokens},
+		{"DELETE /v1/tokens/{id}", userOnly, s.deleteToken},
 	}
-}
-
-func (s *Server) authenticate(next http.Handler) http.Handler {
-	want := []byte("Bearer " + s.Token)
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		got := []byte(r.Header.Get("Authorization"))
-		if subtle.ConstantTimeCompare(got, want) != 1 {
-			w.Header().Set("WWW-Authenticate", `Bearer realm="berth"`)
-			writeError(w, http.StatusUnauthorized, "", "missing or wrong API token")
-			return
-		}
-		next.ServeHTTP(w, r)
-	})
 }
 
 func limitBody(next http.Handler) http.Handler {
@@ -211,12 +203,17 @@ func (s *Server) writeStoreError(w http.ResponseWriter, err error) {
 }
 
 func (s *Server) status(w http.ResponseWriter, r *http.Request) {
-	st := api.ServerStatus{Version: s.Version, Cluster: s.Cluster, Leader: true, Store: "ok", Uptime: time.Since(s.started).Round(time.Second).String()}
+	st := api.ServerStatus{Version: s.Version, Cluster: s.Cluster, Store: "ok", Uptime: time.Since(s.started).Round(time.Second).String()}
 	ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
 	defer cancel()
 	rev, size, err := s.Store.Status(ctx)
 	if err != nil {
 		st.Store = err.Error()
+	}
+	// A process that runs no election (a test's bare API) counts as leading.
+	if l, err := s.Store.Leadership(ctx); err == nil {
+		st.Leader = l.Leading || l.Server == ""
+		st.Server, st.LeaderServer = l.Server, l.Leader
 	}
 	st.StoreRev, st.StoreBytes = rev, size
 	if apps, _, err := store.Apps.List(ctx, s.Store); err == nil {

@@ -190,6 +190,12 @@ func (s *Server) putTaskLog(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "offset", "offset: %q is not a byte offset", q.Get("offset"))
 		return
 	}
+	if principalOf(r.Context()).role == api.RoleAgent { // only for the attempts on its node
+		t, ok := s.getTaskOr404(w, r)
+		if !ok || !s.ownTask(w, r, &t, n) {
+			return
+		}
+	}
 	data, ok := readBody(w, r)
 	if !ok {
 		return

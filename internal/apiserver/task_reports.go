@@ -42,6 +42,11 @@ func (s *Server) postTaskReports(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	results, rev, err := s.applyReports(r.Context(), reports)
+	var forbidden errForbidden
+	if errors.As(err, &forbidden) {
+		writeError(w, http.StatusForbidden, "", "%v", err)
+		return
+	}
 	if err != nil {
 		s.writeStoreError(w, err)
 		return
@@ -81,6 +86,9 @@ func (s *Server) applyReports(ctx context.Context, reports []api.TaskReport) ([]
 	}
 	current, err := store.Tasks.GetMany(ctx, s.Store, ids)
 	if err != nil {
+		return nil, 0, err
+	}
+	if err := s.reportsOnOwnNode(ctx, reports, current); err != nil {
 		return nil, 0, err
 	}
 	now := time.Now().UTC()

@@ -232,6 +232,9 @@ var taskStates = []string{api.TaskQueued, api.TaskRetrying, api.TaskRunning,
 func (s *Server) listTasks(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	queue, node, schedule := q.Get("queue"), q.Get("node"), q.Get("schedule")
+	if !s.ownNodeFilter(w, r, node, "tasks") {
+		return
+	}
 	match := func(t *api.Task) bool {
 		return (queue == "" || t.Spec.Queue == queue) && (node == "" || t.Node == node) &&
 			(schedule == "" || t.Schedule == schedule)
@@ -245,7 +248,7 @@ func (s *Server) listTasks(w http.ResponseWriter, r *http.Request) {
 						(schedule == "" || t.Schedule == schedule)
 				})
 			}
-			streamWatch(s, w, r, store.Tasks, rev, keep)
+			streamWatch(s, w, r, store.Tasks, rev, watchFilter{Node: node, Match: keep})
 		}
 		return
 	}
@@ -309,7 +312,7 @@ func (s *Server) getTaskOr404(w http.ResponseWriter, r *http.Request) (api.Task,
 }
 
 func (s *Server) getTask(w http.ResponseWriter, r *http.Request) {
-	if t, ok := s.getTaskOr404(w, r); ok {
+	if t, ok := s.getTaskOr404(w, r); ok && s.ownTask(w, r, &t, 0) {
 		writeJSON(w, http.StatusOK, t)
 	}
 }
@@ -317,7 +320,7 @@ func (s *Server) getTask(w http.ResponseWriter, r *http.Request) {
 // GET /v1/tasks/{id}/payload: the raw bytes, empty when it has none.
 func (s *Server) taskPayload(w http.ResponseWriter, r *http.Request) {
 	t, ok := s.getTaskOr404(w, r)
-	if !ok {
+	if !ok || !s.ownTask(w, r, &t, 0) {
 		return
 	}
 	var data []byte

@@ -1,6 +1,7 @@
 package apiserver
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"net/http"
@@ -25,66 +26,176 @@ func watchRevision(w http.ResponseWriter, r *http.Request) (int64, bool) {
 	return rev, true
 }
 
-// streamWatch writes the kind's changes after rev as NDJSON lines of
-// api.WatchEvent, keeping only those that match (nil: all). Records pass
-// through as stored, without a decode and encode. An idle stream gets a
-// bookmark line now and then, so that both ends notice a dead connection.
-// A revision that is too old answers 410: the client lists again.
-func streamWatch[T any](s *Server, w http.ResponseWriter, r *http.Request, kind store.Kind[T], rev int64, match func(record []byte) bool) {
+// streamWatch writes the kind's changes after rev that f lets through as
+// NDJSON lines of api.WatchEvent. Records pass through as stored, without
+// a decode and encode. An idle stream gets a bookmark line now and then,
+// so that both ends notice a dead connection. A revision that is too old
+// answers 410: the client lists again.
+//
+// The changes come from the kind's watch hub (watchhub.go). A stream from
+// a revision older than the hub's history starts on a store watch of its
+// own and moves to the hub once it has caught up with it.
+func streamWatch[T any](s *Server, w http.ResponseWriter, r *http.Request, kind store.Kind[T], rev int64, f watchFilter) {
 	ctx := r.Context()
-	events, errc := kind.WatchRaw(ctx, s.Store, rev)
-	flusher, _ := w.(http.Flusher)
-	started := false
-	start := func() {
-		if !started {
-			w.Header().Set("Content-Type", "application/x-ndjson")
-			w.WriteHeader(http.StatusOK)
-			started = true
+	out := newWatchWriter(w)
+	bookmark := time.NewTicker(watchBookmark)
+	defer bookmark.Stop()
+	sub := subscribe(s.Store, kind, rev, f)
+	if sub == nil {
+		if sub = catchUp(ctx, s, out, kind, rev, f, bookmark.C); sub == nil {
+			return
 		}
 	}
-	bookmark := time.NewTicker(15 * time.Second)
-	defer bookmark.Stop()
-	last := rev
-	unflushed := false
-	var line []byte
+	defer sub.leave()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-bookmark.C:
-			start()
-			_, _ = w.Write(watchLine(line[:0], "bookmark", nil, last))
-			if flusher != nil {
-				flusher.Flush()
+			if out.bookmark(sub.progress()) != nil {
+				return
+			}
+		case <-sub.wake:
+			for {
+				batch, err := sub.take()
+				if len(batch) == 0 {
+					if err != nil {
+						out.end(s, rev, err)
+						return
+					}
+					break
+				}
+				for i := range batch {
+					if out.event(&batch[i].RawEvent) != nil {
+						return
+					}
+				}
+			}
+			out.flush()
+		}
+	}
+}
+
+// catchUp streams from a store watch of the stream's own until the hub
+// holds every change after the last one sent, and returns the stream's
+// place in the hub then; nil when the stream ended first.
+func catchUp[T any](ctx context.Context, s *Server, out *watchWriter, kind store.Kind[T], rev int64, f watchFilter, bookmark <-chan time.Time) *hubSub {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	events, errc := kind.WatchRaw(ctx, s.Store, rev)
+	last := rev
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-bookmark:
+			if out.bookmark(last) != nil {
+				return nil
 			}
 		case ev, ok := <-events:
 			if !ok {
-				err := <-errc
-				if !started && errors.Is(err, store.ErrCompacted) {
-					writeError(w, http.StatusGone, "revision", "revision %d is compacted: list again", rev)
+				out.end(s, rev, <-errc)
+				return nil
+			}
+			// A new revision: all of the last one was sent (a revision's
+			// changes come together), so the hub can take over from there
+			// if it holds what came after; this change it sends again.
+			if ev.Revision > last {
+				if sub := subscribe(s.Store, kind, last, f); sub != nil {
+					return sub
 				}
-				return
 			}
 			last = ev.Revision
-			if ev.Value != nil && (match == nil || match(ev.Value)) {
-				typ := "put"
-				if ev.Deleted {
-					typ = "delete"
-				}
-				start()
-				line = watchLine(line[:0], typ, ev.JSON(), ev.Revision)
-				if _, err := w.Write(line); err != nil {
-					return
-				}
-				unflushed = true
+			if he := routed(ev); f.wants(&he) && out.event(&ev) != nil {
+				return nil
 			}
-			// Flush once the burst that arrived together is written, whether
-			// or not its last event matched.
-			if unflushed && len(events) == 0 && flusher != nil {
-				flusher.Flush()
-				unflushed = false
+			// Flush once the burst that arrived together is written.
+			if len(events) == 0 {
+				out.flush()
 			}
 		}
+	}
+}
+
+// watchBookmark is how often an idle stream gets a bookmark line;
+// watchWriteTimeout is how long one write to a stream may block before
+// the stream is given up (a client that stopped reading).
+const (
+	watchBookmark     = 15 * time.Second
+	watchWriteTimeout = 30 * time.Second
+)
+
+// watchWriter writes a watch stream's lines; the status line goes out with
+// the first of them, so that a stream that fails at once can still answer
+// 410.
+type watchWriter struct {
+	w         http.ResponseWriter
+	rc        *http.ResponseController
+	started   bool
+	unflushed bool
+	line      []byte
+}
+
+func newWatchWriter(w http.ResponseWriter) *watchWriter {
+	return &watchWriter{w: w, rc: http.NewResponseController(w)}
+}
+
+func (o *watchWriter) write(typ string, object []byte, rev int64) error {
+	if !o.started {
+		o.w.Header().Set("Content-Type", "application/x-ndjson")
+		o.w.WriteHeader(http.StatusOK)
+		o.started = true
+	}
+	if !o.unflushed {
+		_ = o.rc.SetWriteDeadline(time.Now().Add(watchWriteTimeout))
+	}
+	o.line = watchLine(o.line[:0], typ, object, rev)
+	_, err := o.w.Write(o.line)
+	o.unflushed = true
+	return err
+}
+
+// event writes a change; a delete whose record is not known writes nothing.
+func (o *watchWriter) event(ev *store.RawEvent) error {
+	if ev.Value == nil {
+		return nil
+	}
+	typ := "put"
+	if ev.Deleted {
+		typ = "delete"
+	}
+	return o.write(typ, ev.JSON(), ev.Revision)
+}
+
+func (o *watchWriter) bookmark(rev int64) error {
+	if err := o.write("bookmark", nil, rev); err != nil {
+		return err
+	}
+	o.flush()
+	return nil
+}
+
+func (o *watchWriter) flush() {
+	if !o.unflushed {
+		return
+	}
+	_ = o.rc.Flush()
+	_ = o.rc.SetWriteDeadline(time.Time{})
+	o.unflushed = false
+}
+
+// end closes a stream that its store watch or hub ended: with 410 if rev
+// was compacted and nothing was sent yet; else the stream just ends and
+// the client lists again.
+func (o *watchWriter) end(s *Server, rev int64, err error) {
+	switch {
+	case !o.started && errors.Is(err, store.ErrCompacted):
+		writeError(o.w, http.StatusGone, "revision", "revision %d is compacted: list again", rev)
+	case errors.Is(err, errTooSlow):
+		o.flush()
+		s.Log.Warn("watch stream cut off", "err", err)
+	default:
+		o.flush()
 	}
 }
 

@@ -6,41 +6,61 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	json "github.com/goccy/go-json"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
+
+	json "github.com/goccy/go-json"
 
 	"berth/api"
 )
 
-// Client talks to one berth server.
+// Client talks to a berth server, or to the first that answers of several.
 type Client struct {
-	base  string
-	token string
-	http  *http.Client
+	servers []string // base URLs
+	current atomic.Int32
+	token   string
+	http    *http.Client
 }
 
-// New returns a client of the server at addr (http://host:port or host:port).
+// New returns a client of the server at addr (http://host:port or
+// host:port), or of several servers given as a comma-separated list: a
+// request goes to the server that answered last and, when that one does
+// not answer, to the next.
 func New(addr, token string) *Client {
-	if !strings.Contains(addr, "://") {
-		addr = "http://" + addr
+	var servers []string
+	for _, a := range strings.Split(addr, ",") {
+		if a = strings.TrimSpace(a); a == "" {
+			continue
+		}
+		if !strings.Contains(a, "://") {
+			a = "http://" + a
+		}
+		servers = append(servers, strings.TrimRight(a, "/"))
+	}
+	if len(servers) == 0 {
+		servers = []string{"http://"}
 	}
 	tr := &http.Transport{
 		DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
 		MaxIdleConnsPerHost: 32,
 		IdleConnTimeout:     90 * time.Second,
 	}
-	return &Client{base: strings.TrimRight(addr, "/"), token: token, http: &http.Client{Transport: tr}}
+	return &Client{servers: servers, token: token, http: &http.Client{Transport: tr}}
 }
 
-// Addr is the server's base URL.
-func (c *Client) Addr() string { return c.base }
+// Addr is the base URL of the server that answered last.
+func (c *Client) Addr() string { return c.servers[c.current.Load()] }
+
+// Servers are the base URLs of all servers the client may use.
+func (c *Client) Servers() []string { return slices.Clone(c.servers) }
 
 // Error is an error answer of the API.
 type Error struct {
@@ -58,7 +78,50 @@ func IsStatus(err error, status int) bool {
 }
 
 func (c *Client) request(ctx context.Context, method, path string, body io.Reader, contentType string) (*http.Response, error) {
-	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
+	if len(c.servers) == 1 {
+		resp, err := c.send(ctx, 0, method, path, body, contentType)
+		if err != nil {
+			return nil, err
+		}
+		return answer(method, path, resp)
+	}
+	// The body may be sent more than once.
+	var data []byte
+	if body != nil {
+		var err error
+		if data, err = io.ReadAll(body); err != nil {
+			return nil, err
+		}
+	}
+	first := int(c.current.Load())
+	var lastErr error
+	for i := range c.servers {
+		n := (first + i) % len(c.servers)
+		var rd io.Reader
+		if body != nil {
+			rd = bytes.NewReader(data)
+		}
+		resp, err := c.send(ctx, n, method, path, rd, contentType)
+		if err == nil && !(resp.StatusCode == http.StatusServiceUnavailable && idempotent(method)) {
+			c.current.Store(int32(n))
+			return answer(method, path, resp)
+		}
+		if err == nil { // 503: this server's store does not answer
+			lastErr = answerErr(method, path, resp)
+			continue
+		}
+		lastErr = err
+		if ctx.Err() != nil || !(unreached(err) || idempotent(method)) {
+			break
+		}
+	}
+	return nil, lastErr
+}
+
+// send sends one request to server n.
+func (c *Client) send(ctx context.Context, n int, method, path string, body io.Reader, contentType string) (*http.Response, error) {
+	base := c.servers[n]
+	req, err := http.NewRequestWithContext(ctx, method, base+path, body)
 	if err != nil {
 		return nil, err
 	}
@@ -68,18 +131,44 @@ func (c *Client) request(ctx context.Context, method, path string, body io.Reade
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return nil, fmt.Errorf("berth server at %s: %w", c.base, err)
-	}
-	if resp.StatusCode >= 300 {
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(io.LimitReader(resp.Body, 64*1024))
-		var e api.Error
-		if json.Unmarshal(b, &e) != nil || e.Error == "" {
-			e.Error = fmt.Sprintf("%s %s: %s", method, path, resp.Status)
-		}
-		return nil, &Error{Status: resp.StatusCode, Message: e.Error, Field: e.Field}
+		return nil, fmt.Errorf("berth server at %s: %w", base, err)
 	}
 	return resp, nil
+}
+
+// answer turns an error status into an *Error.
+func answer(method, path string, resp *http.Response) (*http.Response, error) {
+	if resp.StatusCode >= 300 {
+		return nil, answerErr(method, path, resp)
+	}
+	return resp, nil
+}
+
+func answerErr(method, path string, resp *http.Response) error {
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 64*1024))
+	var e api.Error
+	if json.Unmarshal(b, &e) != nil || e.Error == "" {
+		e.Error = fmt.Sprintf("%s %s: %s", method, path, resp.Status)
+	}
+	return &Error{Status: resp.StatusCode, Message: e.Error, Field: e.Field}
+}
+
+// unreached reports whether a request failed before reaching the server
+// (no connection), so that sending it elsewhere cannot apply it twice.
+func unreached(err error) bool {
+	var op *net.OpError
+	return errors.As(err, &op) && op.Op == "dial"
+}
+
+// idempotent methods may be sent again to another server whatever
+// happened to the first attempt.
+func idempotent(method string) bool {
+	switch method {
+	case "GET", "HEAD", "PUT", "DELETE":
+		return true
+	}
+	return false
 }
 
 // do sends a JSON request (body may be nil) and decodes a JSON answer into out (may be nil).

@@ -34,6 +34,9 @@ type Store struct {
 	cli     *clientv3.Client
 	closers []func()
 	dbSize  func() int64 // of the embedded member; nil for a remote cluster
+	// guard, when set, is added to every transaction (see Guarded).
+	guard    *guard
+	campaign campaign
 
 	mu         sync.Mutex
 	eventLease clientv3.LeaseID
@@ -71,6 +74,7 @@ var (
 	TaskKeys  = Kind[api.TaskKey]{"taskkeys/", func(k *api.TaskKey) *int64 { return &k.Version }}
 	Queues    = Kind[api.Queue]{"queues/", func(q *api.Queue) *int64 { return &q.Version }}
 	Schedules = Kind[api.Schedule]{"schedules/", func(s *api.Schedule) *int64 { return &s.Version }}
+	Tokens    = Kind[api.Token]{"tokens/", func(t *api.Token) *int64 { return &t.Version }}
 )
 
 func (k Kind[T]) key(name string) string { return root + k.prefix + name }
@@ -174,9 +178,19 @@ func (s *Store) Txn(ctx context.Context, ops ...Op) (int64, error) {
 		}
 		thens = append(thens, o.op)
 	}
-	resp, err := s.cli.Txn(ctx).If(cmps...).Then(thens...).Commit()
+	if s.guard != nil {
+		cmps = append(cmps, s.guard.cmp())
+	}
+	txn := s.cli.Txn(ctx).If(cmps...).Then(thens...)
+	if s.guard != nil {
+		txn = txn.Else(s.guard.read())
+	}
+	resp, err := txn.Commit()
 	if err != nil {
 		return 0, fmt.Errorf("%s: %w", ops[0].desc, err)
+	}
+	if s.guard.lost(resp) {
+		return 0, fmt.Errorf("%s: %w", ops[0].desc, ErrNotLeader)
 	}
 	if !resp.Succeeded {
 		if len(ops) == 1 && ops[0].create {
