@@ -21,6 +21,7 @@ import (
 // proc is one berth process (a server or an agent) started by a test.
 type proc struct {
 	name    string
+	bin     string // default: the berth binary under test
 	args    []string
 	logPath string
 
@@ -36,8 +37,12 @@ func (p *proc) start(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer logf.Close()
-	fmt.Fprintf(logf, "==== e2e: berth %s\n", strings.Join(p.args, " "))
-	cmd := exec.Command(berthBin, p.args...)
+	bin := p.bin
+	if bin == "" {
+		bin = berthBin
+	}
+	fmt.Fprintf(logf, "==== e2e: %s %s\n", filepath.Base(bin), strings.Join(p.args, " "))
+	cmd := exec.Command(bin, p.args...)
 	cmd.Env = cleanEnv()
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
@@ -330,6 +335,12 @@ func (c *servers) agentToken(t *testing.T) string {
 // ("zone=a"), with every server's address, and waits for its node to be ready.
 func (c *servers) startAgent(t *testing.T, name string, labels ...string) *bagent {
 	t.Helper()
+	return c.startAgentWith(t, name, nil, labels...)
+}
+
+// startAgentWith is startAgent with more flags for `berth agent`.
+func (c *servers) startAgentWith(t *testing.T, name string, extra []string, labels ...string) *bagent {
+	t.Helper()
 	a := &bagent{node: name}
 	a.name = "agent " + name
 	a.logPath = filepath.Join(t.TempDir(), "agent-"+name+".log")
@@ -338,6 +349,7 @@ func (c *servers) startAgent(t *testing.T, name string, labels ...string) *bagen
 	if len(labels) > 0 {
 		a.args = append(a.args, "--labels", strings.Join(labels, ","))
 	}
+	a.args = append(a.args, extra...)
 	a.start(t)
 	c.agents = append(c.agents, a)
 	c.waitNodeReady(t, name)
