@@ -112,6 +112,9 @@ func statusCmd(g *globals) *cobra.Command {
 			}
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
 			fmt.Fprintf(tw, "server\t%s (version %s, up %s, leader %v)\n", cl.Addr(), st.Version, st.Uptime, st.Leader)
+			if st.LeaderServer != "" && !st.Leader {
+				fmt.Fprintf(tw, "leader\t%s\n", st.LeaderServer)
+			}
 			fmt.Fprintf(tw, "cluster\t%s\n", st.Cluster)
 			fmt.Fprintf(tw, "store\t%s (revision %d, %s)\n", st.Store, st.StoreRev, api.Bytes(st.StoreBytes).Human())
 			fmt.Fprintf(tw, "apps\t%d\n", st.Apps)
