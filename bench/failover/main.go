@@ -5,6 +5,10 @@
 // until the new leader's controller acts (creates the app's instances).
 // The killed server is started again before the next run.
 //
+// Then node loss: one server and three agents on this machine's Docker
+// engine; each run freezes one agent (SIGSTOP) and measures the time until
+// a replacement of its instance answers (see nodeloss.go).
+//
 //	go run ./bench/failover [-berth bin/berth] [-runs 5] [-out file]
 package main
 
@@ -30,7 +34,7 @@ import (
 
 func main() {
 	bin := flag.String("berth", "", "berth binary (default: build ./cmd/berth)")
-	runs := flag.Int("runs", 5, "leader kills")
+	runs := flag.Int("runs", 5, "leader kills, and node losses")
 	out := flag.String("out", "", "also write the results to this file")
 	keep := flag.Bool("keep", false, "keep the data dirs and logs")
 	flag.Parse()
@@ -195,12 +199,20 @@ func run(bin string, runs int, outPath string, keep bool) error {
 		_, _ = all.DeleteApp(ctx, app)
 		time.Sleep(2 * time.Second) // the restarted member catches up
 	}
-	summary := fmt.Sprintf("leader kill -> new leader: median %s over %d runs\nleader kill -> new leader acting (instance created): median %s over %d runs",
-		median(toLeader).Round(time.Millisecond), runs, median(toActing).Round(time.Millisecond), runs)
+	for _, s := range servers {
+		s.stop()
+	}
+	lost, lossLines, err := nodeLoss(ctx, bin, tmp, runs)
+	if err != nil {
+		return fmt.Errorf("node loss: %w", err)
+	}
+	results.WriteString(lossLines)
+	summary := fmt.Sprintf("leader kill -> new leader: median %s over %d runs\nleader kill -> new leader acting (instance created): median %s over %d runs\nnode loss (agent frozen, node TTL 10s) -> replacement answering: median %s over %d runs",
+		median(toLeader).Round(time.Millisecond), runs, median(toActing).Round(time.Millisecond), runs, median(lost).Round(time.Millisecond), len(lost))
 	fmt.Fprintln(results, summary)
 	fmt.Print(results.String())
 	if outPath != "" {
-		header := fmt.Sprintf("# bench/failover, %s: 3 berth servers, 3-member embedded etcd (election timeout 500ms, leader TTL 2s), this machine\n", time.Now().UTC().Format(time.RFC3339))
+		header := fmt.Sprintf("# bench/failover, %s: leader kills: 3 berth servers, 3-member embedded etcd (election timeout 500ms, leader TTL 2s); node loss: 1 server, 3 agents, node TTL 10s; this machine\n", time.Now().UTC().Format(time.RFC3339))
 		return os.WriteFile(outPath, []byte(header+results.String()), 0o644)
 	}
 	return nil
