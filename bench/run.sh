@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # make bench: set up Docker and the demo images, build berth (fresh, from the
 # working tree) and run the benchmarks once: bench/main.go (results in
-# bench/results.txt), bench/gateway (bench/gateway-results.txt) and
-# bench/tasks (bench/tasks-results.txt), bench/failover (bench/failover/results.txt). Extra arguments go to the first
+# bench/results.txt), bench/gateway (bench/gateway-results.txt),
+# bench/tasks (bench/tasks-results.txt) and bench/failover
+# (bench/failover/results.txt). Extra arguments go to the first
 # benchmark (e.g. -keep to keep berth's log and data dir, -v for every event).
 set -euo pipefail
 cd "$(dirname "$0")/.."
