@@ -2,8 +2,9 @@
 # make bench: set up Docker and the demo images, build berth (fresh, from the
 # working tree) and run the benchmarks once: bench/main.go (results in
 # bench/results.txt), bench/gateway (bench/gateway-results.txt),
-# bench/tasks (bench/tasks-results.txt) and bench/failover
-# (bench/failover/results.txt). Extra arguments go to the first
+# bench/tasks (bench/tasks-results.txt), bench/failover
+# (bench/failover/results.txt) and bench/placement
+# (bench/placement-results.txt). Extra arguments go to the first
 # benchmark (e.g. -keep to keep berth's log and data dir, -v for every event).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,10 +25,12 @@ go build -o "$tmp/bench" ./bench
 go build -o "$tmp/bench-gateway" ./bench/gateway
 go build -o "$tmp/bench-tasks" ./bench/tasks
 go build -o "$tmp/bench-failover" ./bench/failover
+go build -o "$tmp/bench-placement" ./bench/placement
 
 start=$SECONDS
 "$tmp/bench" -berth "$tmp/berth" -out bench/results.txt "$@"
 "$tmp/bench-gateway" -berth "$tmp/berth" -out bench/gateway-results.txt
 "$tmp/bench-tasks" -berth "$tmp/berth" -out bench/tasks-results.txt
 "$tmp/bench-failover" -berth "$tmp/berth" -out bench/failover/results.txt
+"$tmp/bench-placement" -c1m -out bench/placement-results.txt
 echo "bench: done in $((SECONDS - start))s"

@@ -33,41 +33,57 @@ func watchRevision(w http.ResponseWriter, r *http.Request) (int64, bool) {
 // answers 410: the client lists again.
 //
 // The changes come from the kind's watch hub (watchhub.go). A stream from
-// a revision older than the hub's history starts on a store watch of its
-// own and moves to the hub once it has caught up with it.
+// a revision older than the hub's history, or one that fell behind the
+// hub, goes on from a store watch of its own and moves back to the hub
+// once it has caught up with it.
 func streamWatch[T any](s *Server, w http.ResponseWriter, r *http.Request, kind store.Kind[T], rev int64, f watchFilter) {
 	ctx := r.Context()
 	out := newWatchWriter(w)
 	bookmark := time.NewTicker(watchBookmark)
 	defer bookmark.Stop()
 	sub := subscribe(s.Store, kind, rev, f)
-	if sub == nil {
-		if sub = catchUp(ctx, s, out, kind, rev, f, bookmark.C); sub == nil {
+	for {
+		if sub == nil {
+			if sub = catchUp(ctx, s, out, kind, rev, f, bookmark.C); sub == nil {
+				return
+			}
+		}
+		last, behind := fromHub(ctx, out, sub, bookmark.C)
+		sub.leave()
+		if !behind {
 			return
 		}
+		rev, sub = last, nil // on from the last change sent
 	}
-	defer sub.leave()
+}
+
+// fromHub streams a hub's changes until the stream ends, or falls behind
+// the hub: then it returns the revision of the last change sent.
+func fromHub(ctx context.Context, out *watchWriter, sub *hubSub, bookmark <-chan time.Time) (last int64, behind bool) {
 	for {
 		select {
 		case <-ctx.Done():
-			return
-		case <-bookmark.C:
+			return 0, false
+		case <-bookmark:
 			if out.bookmark(sub.progress()) != nil {
-				return
+				return 0, false
 			}
 		case <-sub.wake:
 			for {
 				batch, err := sub.take()
 				if len(batch) == 0 {
+					if errors.Is(err, errBehind) {
+						return sub.written, true
+					}
 					if err != nil {
-						out.end(s, rev, err)
-						return
+						out.end(sub.from, err)
+						return 0, false
 					}
 					break
 				}
 				for i := range batch {
 					if out.event(&batch[i].RawEvent) != nil {
-						return
+						return 0, false
 					}
 				}
 			}
@@ -94,7 +110,11 @@ func catchUp[T any](ctx context.Context, s *Server, out *watchWriter, kind store
 			}
 		case ev, ok := <-events:
 			if !ok {
-				out.end(s, rev, <-errc)
+				select {
+				case err := <-errc: // why, unless ctx ended
+					out.end(rev, err)
+				case <-ctx.Done():
+				}
 				return nil
 			}
 			// A new revision: all of the last one was sent (a revision's
@@ -187,13 +207,10 @@ func (o *watchWriter) flush() {
 // end closes a stream that its store watch or hub ended: with 410 if rev
 // was compacted and nothing was sent yet; else the stream just ends and
 // the client lists again.
-func (o *watchWriter) end(s *Server, rev int64, err error) {
+func (o *watchWriter) end(rev int64, err error) {
 	switch {
 	case !o.started && errors.Is(err, store.ErrCompacted):
 		writeError(o.w, http.StatusGone, "revision", "revision %d is compacted: list again", rev)
-	case errors.Is(err, errTooSlow):
-		o.flush()
-		s.Log.Warn("watch stream cut off", "err", err)
 	default:
 		o.flush()
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"reflect"
 	"sync"
+	"time"
 
 	json "github.com/goccy/go-json"
 
@@ -20,9 +21,10 @@ import (
 //
 // The hub keeps its recent changes, so that a stream starting from the
 // revision of a list made a moment before is served from it too. A stream
-// from further back (the hub started after its revision) gets a store
-// watch of its own until it has caught up (see streamWatch). A hub runs
-// while it has streams; the last one to leave stops it.
+// from further back (the hub started after its revision), or one that
+// falls behind (the hub waits for no one), gets a store watch of its own
+// until it has caught up (see streamWatch). A hub runs until its store
+// watch ends (the store closes); streams that come then start a new one.
 
 // watchFilter says which changes of a kind a watch stream gets. Node and
 // App compare the record's top-level "node" and "app" fields, which the
@@ -40,14 +42,21 @@ func (f watchFilter) wants(ev *hubEvent) bool {
 
 // hubHistory is how many recent changes a hub keeps for streams that start
 // a little behind it; hubQueue is how many changes may wait for one stream
-// before it is cut off as too slow. Variables for tests.
+// before it leaves the hub; hubBackfill is how many revisions before its
+// first stream a hub starts (see startHub). Variables for tests.
 var (
-	hubHistory = 16384
-	hubQueue   = 16384
+	hubHistory        = 65536
+	hubQueue          = 16384
+	hubBackfill int64 = 5000
+	hubIdle           = time.Minute
 )
 
-// errTooSlow ends a stream that let hubQueue changes pile up unsent.
-var errTooSlow = errors.New("watch stream too slow: more changes waiting than the server keeps; list again")
+// errBehind: the stream let hubQueue changes pile up unsent and left the
+// hub, which does not wait for anyone; it goes on from a store watch of
+// its own, as one from an old revision does.
+var errBehind = errors.New("watch stream fell behind the hub")
+
+var errIdle = errors.New("watch hub left without streams")
 
 type hubID struct {
 	st   *store.Store
@@ -71,6 +80,7 @@ type watchHub struct {
 	history []hubEvent // oldest first
 	floor   int64      // every change after floor is in history or still to come
 	seen    int64      // newest revision handed out
+	idle    int        // times it was left without streams
 	done    bool
 }
 
@@ -106,7 +116,7 @@ type hubSub struct {
 
 	mu      sync.Mutex
 	queue   []hubEvent
-	err     error // the stream is over, for this reason, once queue is sent
+	err     error // why the stream leaves the hub once queue is sent: the hub ended, or errBehind
 	written int64 // revision of the newest change taken by the stream
 }
 
@@ -141,12 +151,16 @@ func subscribe[T any](st *store.Store, kind store.Kind[T], rev int64, f watchFil
 	return sub
 }
 
+// startHub starts a hub for a stream from rev. Its store watch starts
+// hubBackfill revisions earlier, so that streams from lists made a little
+// before (a thousand agents that list at once, then watch) are served by
+// it too; the hub holds them once it knows that revision is not compacted.
 func startHub[T any](id hubID, kind store.Kind[T], rev int64) *watchHub {
 	ctx, cancel := context.WithCancel(context.Background())
+	from := max(rev-hubBackfill, 0)
 	h := &watchHub{id: id, cancel: cancel, byNode: map[string]map[*hubSub]struct{}{},
-		rest: map[*hubSub]struct{}{}, floor: rev, seen: rev}
-	events, errc := kind.WatchRaw(ctx, id.st, rev)
-	go h.run(events, errc)
+		rest: map[*hubSub]struct{}{}, floor: rev, seen: from}
+	go h.run(func(from int64) (<-chan store.RawEvent, <-chan error) { return kind.WatchRaw(ctx, id.st, from) }, from, rev)
 	return h
 }
 
@@ -178,14 +192,39 @@ func (h *watchHub) remove(sub *hubSub) {
 }
 
 // run hands out the store watch's changes until it ends, then ends every
-// stream with its error.
-func (h *watchHub) run(events <-chan store.RawEvent, errc <-chan error) {
+// stream with its error. The watch starts at from; if that is compacted,
+// at rev.
+func (h *watchHub) run(watch func(from int64) (<-chan store.RawEvent, <-chan error), from, rev int64) {
+	for {
+		events, errc := watch(from)
+		got := h.serve(events, from)
+		err := errors.New("store watch closed")
+		select {
+		case err = <-errc:
+		default:
+		}
+		if !got && from < rev && errors.Is(err, store.ErrCompacted) {
+			from = rev
+			continue
+		}
+		h.stop(err)
+		return
+	}
+}
+
+// serve hands out changes of a watch from revision from; it reports
+// whether there were any.
+func (h *watchHub) serve(events <-chan store.RawEvent, from int64) (got bool) {
 	for ev := range events {
 		he := routed(ev)
 		h.mu.Lock()
 		if h.done {
 			h.mu.Unlock()
-			return
+			return true // stopped: the next one to come starts a new hub
+		}
+		if !got {
+			got = true
+			h.floor = min(h.floor, from) // a change came: from is not compacted
 		}
 		h.history = append(h.history, he)
 		if len(h.history) > hubHistory {
@@ -203,24 +242,21 @@ func (h *watchHub) run(events <-chan store.RawEvent, errc <-chan error) {
 		}
 		h.mu.Unlock()
 	}
-	err := errors.New("store watch closed")
-	select {
-	case err = <-errc:
-	default:
-	}
-	h.stop(err)
+	return got
 }
 
-// offer queues a change for a stream if it wants it; a stream that has
-// too many waiting is cut off rather than let the others wait. h.mu is held.
+// offer queues a change for a stream if it wants it. A stream with too
+// many waiting leaves the hub rather than let the others wait; it leaves
+// between two revisions, so that it can go on from the last it was given.
+// h.mu is held.
 func (h *watchHub) offer(sub *hubSub, ev *hubEvent) {
 	if ev.Revision <= sub.from || !sub.filter.wants(ev) {
 		return
 	}
 	sub.mu.Lock()
 	defer sub.mu.Unlock()
-	if len(sub.queue) >= hubQueue {
-		sub.err = errTooSlow
+	if n := len(sub.queue); n >= hubQueue && ev.Revision > sub.queue[n-1].Revision {
+		sub.err = errBehind
 		h.remove(sub)
 	} else {
 		sub.queue = append(sub.queue, *ev)
@@ -233,11 +269,19 @@ func (h *watchHub) offer(sub *hubSub, ev *hubEvent) {
 func (h *watchHub) stop(err error) {
 	hubs.Lock()
 	defer hubs.Unlock()
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.end(err)
+}
+
+// end is stop with hubs and h.mu held.
+func (h *watchHub) end(err error) {
+	if h.done {
+		return
+	}
 	if hubs.m[h.id] == h {
 		delete(hubs.m, h.id)
 	}
-	h.mu.Lock()
-	defer h.mu.Unlock()
 	h.done = true
 	for _, set := range append([]map[*hubSub]struct{}{h.rest}, mapsOf(h.byNode)...) {
 		for sub := range set {
@@ -304,22 +348,34 @@ func (s *hubSub) progress() int64 {
 	return s.written
 }
 
-// leave takes the stream out of its hub; the last one stops the hub.
+// leave takes the stream out of its hub. A hub without streams goes on
+// for hubIdle, for the streams that come back at once (an agent that
+// lists again): starting and cancelling store watches by the thousand is
+// what etcd's in-process client copes with worst (it can deadlock:
+// etcd-io/etcd#20716).
 func (s *hubSub) leave() {
 	h := s.hub
+	h.mu.Lock()
+	h.remove(s)
+	idle := h.subs == 0 && !h.done
+	if idle {
+		h.idle++
+	}
+	gen := h.idle
+	h.mu.Unlock()
+	if idle {
+		time.AfterFunc(hubIdle, func() { h.stopIdle(gen) })
+	}
+}
+
+// stopIdle stops the hub if no stream came since it was left idle the
+// gen-th time.
+func (h *watchHub) stopIdle(gen int) {
 	hubs.Lock()
 	defer hubs.Unlock()
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if h.done {
-		return
-	}
-	h.remove(s)
-	if h.subs == 0 {
-		h.done = true
-		if hubs.m[h.id] == h {
-			delete(hubs.m, h.id)
-		}
-		h.cancel()
+	if h.subs == 0 && h.idle == gen {
+		h.end(errIdle)
 	}
 }

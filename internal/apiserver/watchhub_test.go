@@ -5,8 +5,12 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"log/slog"
 	"net/http"
+	"net/http/httptest"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 
@@ -159,6 +163,8 @@ func TestHubFilteredDelivery(t *testing.T) {
 // when the hub holds them, else from a store watch of its own, moving to
 // the hub once it caught up.
 func TestHubFromRevision(t *testing.T) {
+	defer func(b int64) { hubBackfill = b }(hubBackfill)
+	hubBackfill = 0 // the hub starts at its first stream's revision
 	hs, st := newServer(t)
 	r1 := putInstance(t, st, "a-1", "a", "n1")
 	putInstance(t, st, "a-2", "a", "n1")
@@ -226,9 +232,9 @@ func TestHubCompactedRevision(t *testing.T) {
 	}
 }
 
-// A stream that does not keep up is cut off with a clear end; it never
-// holds up the others.
-func TestHubSlowStreamIsCutOff(t *testing.T) {
+// A stream that does not keep up leaves the hub, with the changes of whole
+// revisions only; it never holds up the others.
+func TestHubSlowStreamLeaves(t *testing.T) {
 	_, st := newServer(t)
 	defer func(q int) { hubQueue = q }(hubQueue)
 	hubQueue = 5
@@ -257,17 +263,80 @@ func TestHubSlowStreamIsCutOff(t *testing.T) {
 	if len(batch) != hubQueue || err != nil {
 		t.Errorf("slow stream: %d changes waiting (err %v), want the first %d", len(batch), err, hubQueue)
 	}
-	if batch, err := slow.take(); len(batch) != 0 || err != errTooSlow {
-		t.Errorf("slow stream after its changes: %d more, err %v; want its end: %v", len(batch), err, errTooSlow)
+	if batch, err := slow.take(); len(batch) != 0 || err != errBehind {
+		t.Errorf("slow stream after its changes: %d more, err %v; want: %v", len(batch), err, errBehind)
 	}
 	if subs := hubSubs(st); subs != 1 {
-		t.Errorf("%d streams in the hub after the slow one was cut off, want 1", subs)
+		t.Errorf("%d streams in the hub after the slow one left, want 1", subs)
 	}
 	slow.leave() // as its handler does; a no-op now
 }
 
+// gatedWriter is a response that blocks every write until open is
+// closed, as a client that stopped reading; it hands out its lines.
+type gatedWriter struct {
+	header http.Header
+	open   chan struct{}
+	lines  chan string
+}
+
+func (g *gatedWriter) Header() http.Header { return g.header }
+func (g *gatedWriter) WriteHeader(int)     {}
+func (g *gatedWriter) Flush()              {}
+func (g *gatedWriter) Write(b []byte) (int, error) {
+	<-g.open
+	for _, l := range strings.SplitAfter(string(b), "\n") {
+		if l != "" {
+			g.lines <- l
+		}
+	}
+	return len(b), nil
+}
+
+// A stream that falls behind the hub goes on from a store watch of its
+// own: it gets every change once, in order, and comes back to the hub.
+func TestHubStreamFallsBehindAndCatchesUp(t *testing.T) {
+	_, st := newServer(t)
+	defer func(q int) { hubQueue = q }(hubQueue)
+	hubQueue = 3
+	rev := putInstance(t, st, "setup-1", "setup", "n1")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	w := &gatedWriter{header: http.Header{}, open: make(chan struct{}), lines: make(chan string, 100)}
+	r := httptest.NewRequest("GET", "/v1/instances", nil).WithContext(ctx)
+	s := &Server{Store: st, Log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	done := make(chan struct{})
+	go func() { streamWatch(s, w, r, store.Instances, rev, watchFilter{Node: "n1"}); close(done) }()
+	eventually(t, "the stream in the hub", func() bool { return hubSubs(st) == 1 })
+
+	var revs []int64
+	for i := range 6 { // the first blocks the stream; 3 wait; the 5th is one too many
+		revs = append(revs, putInstance(t, st, fmt.Sprintf("a-%d", i), "a", "n1"))
+	}
+	eventually(t, "the stream to leave the hub", func() bool { return hubSubs(st) == 0 })
+	close(w.open)
+	revs = append(revs, putInstance(t, st, "a-6", "a", "n1"))
+	for i, want := range revs {
+		var ev api.WatchEvent[api.Instance]
+		select {
+		case line := <-w.lines:
+			if err := json.Unmarshal([]byte(line), &ev); err != nil {
+				t.Fatalf("line %q: %v", line, err)
+			}
+		case <-time.After(20 * time.Second):
+			t.Fatalf("change %d never came", i)
+		}
+		if ev.Object.Name != fmt.Sprintf("a-%d", i) || ev.Revision != want {
+			t.Fatalf("change %d: %s %s at %d, want a-%d at %d", i, ev.Type, ev.Object.Name, ev.Revision, i, want)
+		}
+	}
+	eventually(t, "the stream back in the hub", func() bool { return hubSubs(st) == 1 })
+	cancel()
+	<-done
+}
+
 // A bookmark says the revision a stream is up to date with, changes of
-// other nodes included; the last stream to leave stops the hub.
+// other nodes included; a hub left without streams stops (after hubIdle).
 func TestHubProgressAndStop(t *testing.T) {
 	_, st := newServer(t)
 	rev := putInstance(t, st, "setup-1", "setup", "n1")
@@ -295,8 +364,39 @@ func TestHubProgressAndStop(t *testing.T) {
 	if p := sub.progress(); p != mine {
 		t.Errorf("progress after taking it: %d, want %d", p, mine)
 	}
+	defer func(d time.Duration) { hubIdle = d }(hubIdle)
+	hubIdle = 0
 	sub.leave()
-	if h := hubOf[api.Instance](st); h != nil {
-		t.Errorf("a hub still runs after its last stream left")
+	eventually(t, "the hub stops once left idle", func() bool { return hubOf[api.Instance](st) == nil })
+}
+
+// A hub starts a little before the revision of the stream that starts it:
+// streams from lists made just before are served by it, not by store
+// watches of their own.
+func TestHubServesListsFromBefore(t *testing.T) {
+	hs, st := newServer(t)
+	r1 := putInstance(t, st, "a-1", "a", "n1")
+	r2 := putInstance(t, st, "a-2", "a", "n1")
+	r3 := putInstance(t, st, "a-3", "a", "n1")
+	late := openWatch(t, hs.URL, fmt.Sprintf("node=n1&revision=%d", r3)) // starts the hub
+	eventually(t, "the hub runs", func() bool { return hubSubs(st) == 1 })
+	eventually(t, "the hub holds changes from before it", func() bool {
+		h := hubOf[api.Instance](st)
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		return h.floor < r1
+	})
+	early := openWatch(t, hs.URL, fmt.Sprintf("node=n1&revision=%d", r1))
+	eventually(t, "the early stream in the hub", func() bool { return hubSubs(st) == 2 })
+	for _, want := range []int64{r2, r3} {
+		if ev := next(t, early); ev.Revision != want {
+			t.Fatalf("from %d: got %s at %d, want revision %d", r1, ev.Object.Name, ev.Revision, want)
+		}
+	}
+	r4 := putInstance(t, st, "a-4", "a", "n1")
+	for _, s := range []<-chan api.WatchEvent[api.Instance]{late, early} {
+		if ev := next(t, s); ev.Revision != r4 {
+			t.Errorf("got %s at %d, want a-4 at %d", ev.Object.Name, ev.Revision, r4)
+		}
 	}
 }

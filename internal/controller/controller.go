@@ -8,7 +8,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"sort"
+	"strings"
 	"time"
 
 	"berth/api"
@@ -30,6 +32,14 @@ type Controller struct {
 	Tasks *Tasks
 
 	started time.Time // of Run: nodes get one NodeTTL to be heard from
+
+	// planned is, per app, what its plan was last made from; an app whose
+	// record and instances are as they were, with the nodes in the same
+	// states, is not planned again (PlanApp would say the same).
+	planned   map[string]planInput
+	lastNodes map[string]string // the node states planned with
+	turn      int               // the apps planned anyway go round (see planAnyway)
+	more      bool              // the last pass left new instances for the next
 }
 
 // Run reconciles on every change of apps, instances or nodes until ctx ends.
@@ -55,14 +65,25 @@ func (c *Controller) Run(ctx context.Context) error {
 	tick := time.NewTicker(c.Resync)
 	defer tick.Stop()
 	for {
+		began := time.Now()
 		if err := c.Reconcile(ctx); err != nil && ctx.Err() == nil {
 			c.Log.Warn("reconcile", "err", err)
 		}
+		if c.more {
+			continue // a large deploy: on with it
+		}
+		ended := time.Now()
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-kick:
 		case <-tick.C:
+		}
+		// Changes come all the time in a large cluster (a heartbeat is
+		// one): the next pass waits as long as this one took, so that
+		// passes take at most half the time and each gathers more changes.
+		if rest := ended.Sub(began) - time.Since(ended); rest > 0 {
+			sleepCtx(ctx, rest)
 		}
 	}
 }
@@ -75,8 +96,8 @@ func watchKind[T any](ctx context.Context, s *store.Store, kind store.Kind[T], t
 			time.Sleep(time.Second)
 			continue
 		}
-		trigger() // something may have changed while not watching
-		events, errc := kind.Watch(ctx, s, rev)
+		trigger()                                  // something may have changed while not watching
+		events, errc := kind.WatchRaw(ctx, s, rev) // only that it changed: nothing to decode
 		for range events {
 			trigger()
 		}
@@ -87,46 +108,93 @@ func watchKind[T any](ctx context.Context, s *store.Store, kind store.Kind[T], t
 	}
 }
 
-// Reconcile runs one pass over everything.
+// Reconcile runs one pass: every app whose record, instances or nodes
+// changed since it was last planned is planned again, and every instance
+// that wants to run and has no node is placed, new ones included (they
+// are written with their node). The pass reads the instances from the
+// task controller's copy when one runs in this process, else from the
+// store (see scanInstances).
 func (c *Controller) Reconcile(ctx context.Context) error {
 	now := time.Now().UTC()
+	c.more = false
 	apps, _, err := store.Apps.List(ctx, c.Store)
 	if err != nil {
 		return err
 	}
-	instances, _, err := store.Instances.List(ctx, c.Store)
+	nodes, _, err := store.Nodes.List(ctx, c.Store)
 	if err != nil {
 		return err
 	}
-	byApp := map[string][]api.Instance{}
-	for _, inst := range instances {
-		byApp[inst.App] = append(byApp[inst.App], inst)
+	for i := range nodes {
+		nodes[i].State = nodes[i].StateAt(now, c.NodeTTL)
 	}
-	nodes, err := c.nodeStates(ctx, now)
+	states, err := c.nodeStates(ctx, now)
 	if err != nil {
+		return err
+	}
+	// Everything is planned again when a node's state changes; and a few
+	// apps each pass whatever happens, in turn (see planAnyway).
+	if c.planned == nil || !maps.Equal(states, c.lastNodes) {
+		c.planned, c.lastNodes = map[string]planInput{}, states
+	}
+	for i := 0; len(apps) > 0 && i <= len(apps)/planAnyway; i++ {
+		c.turn++
+		delete(c.planned, apps[c.turn%len(apps)].Spec.Name)
+	}
+	s := newScan(apps, nodes, states)
+	if err := c.scanInstances(ctx, s); err != nil {
 		return err
 	}
 	var errs []error
-	if err := c.idleApps(ctx, apps, byApp, now); err != nil {
+	idle := map[string][]api.Instance{}
+	for i := range apps {
+		if apps[i].Spec.Idle != nil {
+			idle[apps[i].Spec.Name] = values(s.apps[apps[i].Spec.Name].insts)
+		}
+	}
+	if err := c.idleApps(ctx, apps, idle, now); err != nil {
 		errs = append(errs, err)
 	}
-	for _, app := range apps {
-		if err := c.applyPlan(ctx, app, byApp[app.Spec.Name], nodes, now); err != nil {
-			errs = append(errs, fmt.Errorf("app %s: %w", app.Spec.Name, err))
+	var writes []write
+	var created []api.Instance
+	plan := func(a *appScan, app api.App) {
+		if len(created) >= maxCreates {
+			c.more = true // enough new instances for one pass: the next one plans it
+			return
 		}
-		delete(byApp, app.Spec.Name)
+		ws, news, err := c.applyPlan(ctx, app, values(a.insts), states, now)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("app %s: %w", a.name, err))
+			delete(c.planned, a.name)
+			return
+		}
+		if a.app != nil {
+			c.planned[a.name] = a.in
+		}
+		writes, created = append(writes, ws...), append(created, news...)
+	}
+	for i := range apps {
+		// idleApps may have changed the record: it is planned with the change.
+		if a := s.apps[apps[i].Spec.Name]; a.planning || apps[i].Version != a.in.app {
+			plan(a, apps[i])
+		}
 	}
 	// Instances whose app record is gone (e.g. a crash mid-removal) are retired.
-	for name, insts := range byApp {
-		if err := c.applyPlan(ctx, api.App{Spec: api.AppSpec{Name: name}, Deleting: true}, insts, nodes, now); err != nil {
-			errs = append(errs, fmt.Errorf("orphaned instances of %s: %w", name, err))
+	for name, a := range s.apps {
+		if a.app == nil {
+			plan(a, api.App{Spec: api.AppSpec{Name: name}, Deleting: true})
 		}
 	}
-	if err := c.schedule(ctx, now); err != nil {
+	if err := c.schedule(ctx, s, nodes, created, writes); err != nil {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }
+
+// planAnyway: each pass plans one app in this many (at least one) again,
+// changed or not, so that anything the summary of an app's input misses
+// waits a few passes at most, not forever.
+const planAnyway = 100
 
 // nodeStates is the state of every node for PlanApp. For one node TTL
 // after this controller started, no node counts as down: the server, not
@@ -147,16 +215,15 @@ func (c *Controller) nodeStates(ctx context.Context, now time.Time) (map[string]
 	return states, nil
 }
 
-func (c *Controller) applyPlan(ctx context.Context, app api.App, insts []api.Instance, nodes map[string]string, now time.Time) error {
+// applyPlan plans an app and returns the writes that carry the plan out,
+// but for its new instances, which are returned to be placed first.
+func (c *Controller) applyPlan(ctx context.Context, app api.App, insts []api.Instance, nodes map[string]string, now time.Time) ([]write, []api.Instance, error) {
 	p := PlanApp(app, insts, nodes, now)
-	var ops []store.Op
-	for _, inst := range p.Create {
-		ops = append(ops, store.Instances.Create(inst.Name, inst))
-	}
+	var writes []write
 	for _, inst := range insts {
 		if desired, ok := idleChange(p, inst.Name); ok {
 			inst.Desired = desired
-			ops = append(ops, store.Instances.Put(inst.Name, inst, inst.Version))
+			writes = append(writes, putInstance(inst))
 			continue
 		}
 		reason, ok := p.Retire[inst.Name]
@@ -164,11 +231,12 @@ func (c *Controller) applyPlan(ctx context.Context, app api.App, insts []api.Ins
 			continue
 		}
 		inst.Desired, inst.StopReason = api.DesiredStop, reason
+		var w write
 		if inst.Node == "" {
 			// Never placed: nothing runs, the record can go now.
-			ops = append(ops, store.Instances.Delete(inst.Name, inst.Version))
+			w = deleteInstance(inst)
 		} else {
-			ops = append(ops, store.Instances.Put(inst.Name, inst, inst.Version))
+			w = putInstance(inst)
 		}
 		kind := "retired"
 		if _, lost := p.Lost[inst.Name]; lost {
@@ -177,28 +245,26 @@ func (c *Controller) applyPlan(ctx context.Context, app api.App, insts []api.Ins
 		}
 		ev, err := c.Store.AppendEvent(ctx, api.Event{Kind: kind, App: inst.App, Instance: inst.Name, Node: inst.Node, Message: reason})
 		if err != nil {
-			return err
+			return nil, nil, err
 		}
-		ops = append(ops, ev)
+		w.ops = append(w.ops, ev)
+		writes = append(writes, w)
 	}
 	if p.DeleteApp && app.Version != 0 {
-		ops = append(ops, store.Apps.Delete(app.Spec.Name, app.Version), store.Access.DeleteAny(app.Spec.Name))
+		ops := []store.Op{store.Apps.Delete(app.Spec.Name, app.Version), store.Access.DeleteAny(app.Spec.Name)}
 		for _, h := range app.Spec.Routes {
 			ops = append(ops, store.Routes.DeleteAny(h))
 		}
 		ev, err := c.Store.AppendEvent(ctx, api.Event{Kind: "removed", App: app.Spec.Name, Message: "app removed"})
 		if err != nil {
-			return err
+			return nil, nil, err
 		}
-		ops = append(ops, ev)
-	}
-	if len(ops) == 0 {
-		return nil
+		writes = append(writes, write{ops: append(ops, ev), app: app.Spec.Name})
 	}
 	if len(p.Create) > 0 || len(p.Retire) > 0 || len(p.Idle) > 0 || len(p.Resume) > 0 {
 		c.Log.Info("converge app", "app", app.Spec.Name, "create", len(p.Create), "retire", len(p.Retire), "idle", len(p.Idle), "resume", len(p.Resume))
 	}
-	return c.writeInBatches(ctx, ops)
+	return writes, p.Create, nil
 }
 
 // idleChange is the desired state an instance moves to when its app is
@@ -217,19 +283,162 @@ func idleChange(p Plan, name string) (string, bool) {
 	return "", false
 }
 
-// writeInBatches writes ops in transactions of bounded size. A batch that
-// conflicts means someone changed the world meanwhile: it is dropped, and
-// the next pass plans again from what is there.
-func (c *Controller) writeInBatches(ctx context.Context, ops []store.Op) error {
-	const batch = 100 // etcd's default limit is 128 operations per transaction
-	for len(ops) > 0 {
-		n := min(len(ops), batch)
-		if _, err := c.Store.Txn(ctx, ops[:n]...); err != nil && !errors.Is(err, store.ErrConflict) && !errors.Is(err, store.ErrExists) {
+// write is one change of a pass: ops that go together or not at all, the
+// app whose plan it carries out, and the instance record it leaves (inst;
+// nil when it removes instance name, or touches none).
+type write struct {
+	ops     []store.Op
+	app     string
+	name    string
+	inst    *api.Instance
+	version int64 // of instance name the ops expect; 0: that it does not exist
+}
+
+func putInstance(inst api.Instance) write {
+	return write{ops: []store.Op{store.Instances.Put(inst.Name, inst, inst.Version)}, app: inst.App, name: inst.Name, inst: &inst, version: inst.Version}
+}
+
+func createInstance(inst api.Instance) write {
+	return write{ops: []store.Op{store.Instances.Create(inst.Name, inst)}, app: inst.App, name: inst.Name, inst: &inst}
+}
+
+func deleteInstance(inst api.Instance) write {
+	return write{ops: []store.Op{store.Instances.Delete(inst.Name, inst.Version)}, app: inst.App, name: inst.Name, version: inst.Version}
+}
+
+// writeInBatches writes in transactions of up to maxTxnOps operations and
+// notes what it wrote in the task controller's copy of the instances (the
+// caller holds its lock). A write that conflicts means someone changed
+// the world meanwhile: it is dropped, its app planned again on the next
+// pass, from what is there then.
+func (c *Controller) writeInBatches(ctx context.Context, writes []write) error {
+	var batch []write
+	n := 0
+	seen := map[string]bool{}
+	for _, w := range writes {
+		if w.name != "" && seen[w.name] {
+			// Two changes of one record (etcd refuses them in one
+			// transaction): the first goes, the app is planned again.
+			c.replan([]write{w})
+			continue
+		}
+		seen[w.name] = true
+		if n > 0 && n+len(w.ops) > maxTxnOps {
+			if err := c.commit(ctx, batch); err != nil {
+				return err
+			}
+			batch, n = nil, 0
+		}
+		batch, n = append(batch, w), n+len(w.ops)
+	}
+	return c.commit(ctx, batch)
+}
+
+// commit writes a batch in one transaction. When it conflicts, the
+// instance records it writes are read again and the writes of those that
+// changed are dropped; a batch that still conflicts (or is too large for
+// the store) is split in halves, each tried again. One stale write does
+// not hold back the others, at the cost of a few transactions.
+func (c *Controller) commit(ctx context.Context, batch []write) error {
+	if len(batch) == 0 {
+		return nil
+	}
+	var ops []store.Op
+	for _, w := range batch {
+		ops = append(ops, w.ops...)
+	}
+	rev, err := c.Store.Txn(ctx, ops...)
+	switch {
+	case err == nil:
+		c.wrote(batch, rev)
+		return nil
+	case !errors.Is(err, store.ErrConflict) && !errors.Is(err, store.ErrExists) && !tooLarge(err):
+		c.replan(batch)
+		return err
+	case len(batch) == 1:
+		c.replan(batch)
+		if tooLarge(err) {
 			return err
 		}
-		ops = ops[n:]
+		return nil
 	}
-	return nil
+	if !tooLarge(err) && len(batch) > 8 {
+		fresh, stale, err := c.dropStale(ctx, batch)
+		if err != nil {
+			c.replan(batch)
+			return err
+		}
+		if len(stale) > 0 {
+			c.replan(stale)
+			return c.commit(ctx, fresh)
+		}
+	}
+	half := len(batch) / 2
+	if err := c.commit(ctx, batch[:half]); err != nil {
+		c.replan(batch[half:])
+		return err
+	}
+	return c.commit(ctx, batch[half:])
+}
+
+// dropStale reads the instance records a batch writes and splits it into
+// the writes that still hold and those whose record changed since it was
+// read (or, for a new one, exists already).
+func (c *Controller) dropStale(ctx context.Context, batch []write) (fresh, stale []write, err error) {
+	var names []string
+	for _, w := range batch {
+		if w.name != "" {
+			names = append(names, w.name)
+		}
+	}
+	now, err := store.Instances.GetMany(ctx, c.Store, names)
+	if err != nil {
+		return nil, nil, err
+	}
+	for _, w := range batch {
+		cur, exists := now[w.name]
+		if w.name != "" && (exists != (w.version != 0) || exists && cur.Version != w.version) {
+			stale = append(stale, w)
+		} else {
+			fresh = append(fresh, w)
+		}
+	}
+	return fresh, stale, nil
+}
+
+// tooLarge: the store refused a transaction for its size or number of
+// operations (a remote etcd may allow fewer than the embedded one). The
+// errors come from etcd's server as text.
+func tooLarge(err error) bool {
+	msg := err.Error()
+	return strings.Contains(msg, "request is too large") || strings.Contains(msg, "too many operations in txn request")
+}
+
+// replan makes the apps of writes that did not happen be planned again.
+func (c *Controller) replan(batch []write) {
+	for _, w := range batch {
+		delete(c.planned, w.app)
+	}
+}
+
+// wrote notes written instance records in the task controller's copy, so
+// that the next pass sees them even before the watch brings them.
+func (c *Controller) wrote(batch []write, rev int64) {
+	if c.Tasks == nil || c.Tasks.instances == nil || !c.Tasks.instances.loaded {
+		return
+	}
+	m := c.Tasks.instances
+	for _, w := range batch {
+		switch {
+		case w.name == "":
+		case w.inst != nil:
+			m.wrote(w.name, *w.inst, rev)
+		case rev > m.known(w.name):
+			m.set(w.name, nil)
+			m.gone[w.name] = rev
+		}
+	}
+	m.forget()
 }
 
 // idleApps scales to zero the apps with an idle policy whose last request
@@ -300,71 +509,148 @@ func latest(ts ...time.Time) time.Time {
 	return l
 }
 
-// schedule places every instance that wants to run and has no node.
-func (c *Controller) schedule(ctx context.Context, now time.Time) error {
-	instances, _, err := store.Instances.List(ctx, c.Store)
-	if err != nil {
+// maxCreates is about how many new instances a pass places and creates,
+// so that a pass over a large deploy commits and ends soon: once a pass
+// has planned this many, it plans no more apps, and the apps of those
+// left out are planned again on the next pass.
+const maxCreates = 25000
+
+// eventsPerApp is how many instances of one app a pass names in events
+// one by one ("placed", "unschedulable"); beyond, one event sums them up,
+// so that a deploy of a thousand replicas is not a thousand events.
+const eventsPerApp = 10
+
+// schedule places every instance that wants to run and has no node (the
+// waiting ones of s, and the new ones of this pass, created) on nodes,
+// and writes them together with the pass's other writes.
+func (c *Controller) schedule(ctx context.Context, s *scan, nodes []api.Node, created []api.Instance, writes []write) error {
+	// What is not written is planned again on the next pass.
+	fail := func(err error) error {
+		c.replan(writes)
+		for _, inst := range created {
+			delete(c.planned, inst.App)
+		}
 		return err
 	}
-	var pending, placed []api.Instance
-	byName := map[string]api.Instance{}
-	nodes, _, err := store.Nodes.List(ctx, c.Store)
-	if err != nil {
-		return err
+	touched := map[string]bool{} // by the plans: retired, idled
+	for _, w := range writes {
+		touched[w.name] = true
 	}
-	down := map[string]bool{}
-	for i := range nodes {
-		nodes[i].State = nodes[i].StateAt(now, c.NodeTTL)
-		down[nodes[i].Name] = nodes[i].State == api.NodeDown
-	}
-	for _, inst := range instances {
-		switch {
-		case down[inst.Node]:
-			// Lost with its node: it counts neither against the node's
-			// room nor in its app's spread, which its replacement restores.
-		case inst.Node != "":
-			placed = append(placed, inst)
-		case inst.Desired == api.DesiredRun:
-			pending = append(pending, inst)
-			byName[inst.Name] = inst
+	var waiting []*api.Instance
+	for _, inst := range s.waiting {
+		if !touched[inst.Name] {
+			waiting = append(waiting, inst)
 		}
 	}
-	if len(pending) == 0 {
-		return nil
+	sort.Slice(waiting, func(a, b int) bool {
+		if !waiting[a].Created.Equal(waiting[b].Created) {
+			return waiting[a].Created.Before(waiting[b].Created)
+		}
+		return waiting[a].Name < waiting[b].Name
+	})
+	if len(created) > maxCreates {
+		c.more = true
+		for _, inst := range created[maxCreates:] {
+			delete(c.planned, inst.App)
+		}
+		created = created[:maxCreates]
 	}
+	pending := append(values(waiting), created...) // the new ones are the newest
+	isNew := len(waiting)
 	running, release, err := c.runningTasks(ctx)
 	if err != nil {
-		return err
+		return fail(err)
 	}
 	defer release()
-	placed = append(placed, running...)
-	sort.Slice(pending, func(a, b int) bool {
-		if !pending[a].Created.Equal(pending[b].Created) {
-			return pending[a].Created.Before(pending[b].Created)
+	if len(pending) > 0 {
+		placed := append(s.holding(pending), running...)
+		sw, err := c.placements(ctx, pending, isNew, scheduler.Schedule(pending, nodes, placed))
+		if err != nil {
+			return fail(err)
 		}
-		return pending[a].Name < pending[b].Name
-	})
-	var ops []store.Op
-	for _, d := range scheduler.Schedule(pending, nodes, placed) {
-		inst := byName[d.Instance]
-		var ev api.Event
+		writes = append(writes, sw...)
+	}
+	return c.writeInBatches(ctx, writes)
+}
+
+// placements turns the scheduler's decisions into writes: each instance
+// with its node (or why it has none) and the events that say so. Pending
+// instances from isNew on are new: they are created with their node.
+func (c *Controller) placements(ctx context.Context, pending []api.Instance, isNew int, decisions []scheduler.Decision) ([]write, error) {
+	type tally struct {
+		placed, unplaced []int // indexes into pending
+		nodes            map[string]bool
+	}
+	byApp := map[string]*tally{}
+	var order []string
+	var writes []write
+	for i, d := range decisions {
+		inst := &pending[i]
+		if d.Node == "" && inst.Reason == d.Reason && i < isNew {
+			continue // already said
+		}
+		t := byApp[inst.App]
+		if t == nil {
+			t = &tally{nodes: map[string]bool{}}
+			byApp[inst.App] = t
+			order = append(order, inst.App)
+		}
 		if d.Node != "" {
 			inst.Node, inst.Reason = d.Node, ""
-			ev = api.Event{Kind: "placed", App: inst.App, Instance: inst.Name, Node: d.Node, Message: fmt.Sprintf("cpu %s, memory %s", inst.Spec.Resources.CPU, inst.Spec.Resources.Memory)}
+			t.placed = append(t.placed, i)
+			t.nodes[d.Node] = true
 		} else {
-			if inst.Reason == d.Reason {
-				continue // already said
-			}
 			inst.Reason = d.Reason
-			ev = api.Event{Kind: "unschedulable", App: inst.App, Instance: inst.Name, Message: d.Reason}
+			t.unplaced = append(t.unplaced, i)
 		}
-		evOp, err := c.Store.AppendEvent(ctx, ev)
-		if err != nil {
-			return err
-		}
-		ops = append(ops, store.Instances.Put(inst.Name, inst, inst.Version), evOp)
 	}
-	return c.writeInBatches(ctx, ops)
+	event := func(w *write, e api.Event) error {
+		op, err := c.Store.AppendEvent(ctx, e)
+		w.ops = append(w.ops, op)
+		return err
+	}
+	for _, app := range order {
+		t := byApp[app]
+		for _, group := range [][]int{t.placed, t.unplaced} {
+			for _, i := range group {
+				inst := pending[i]
+				w := putInstance(inst)
+				if i >= isNew {
+					w = createInstance(inst)
+				}
+				if len(group) <= eventsPerApp {
+					e := api.Event{Kind: "placed", App: app, Instance: inst.Name, Node: inst.Node,
+						Message: fmt.Sprintf("cpu %s, memory %s", inst.Spec.Resources.CPU, inst.Spec.Resources.Memory)}
+					if inst.Node == "" {
+						e = api.Event{Kind: "unschedulable", App: app, Instance: inst.Name, Message: inst.Reason}
+					}
+					if err := event(&w, e); err != nil {
+						return nil, err
+					}
+				}
+				writes = append(writes, w)
+			}
+		}
+		// Many at once: one event each for the placed and the unplaced.
+		if n := len(t.placed); n > eventsPerApp {
+			res := pending[t.placed[0]].Spec.Resources
+			w := write{app: app}
+			if err := event(&w, api.Event{Kind: "placed", App: app, Message: fmt.Sprintf("%d instances on %d nodes (cpu %s, memory %s each)",
+				n, len(t.nodes), res.CPU, res.Memory)}); err != nil {
+				return nil, err
+			}
+			writes = append(writes, w)
+		}
+		if n := len(t.unplaced); n > eventsPerApp {
+			w := write{app: app}
+			if err := event(&w, api.Event{Kind: "unschedulable", App: app, Message: fmt.Sprintf("%d instances: %s",
+				n, pending[t.unplaced[0]].Reason)}); err != nil {
+				return nil, err
+			}
+			writes = append(writes, w)
+		}
+	}
+	return writes, nil
 }
 
 // runningTasks returns the running tasks as instances that hold their
