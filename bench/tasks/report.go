@@ -134,7 +134,7 @@ func (q *queueResult) render(w *strings.Builder) (details []string) {
 	}
 	sort.Strings(reqs)
 	details = append(details,
-		fmt.Sprintf("queue: %d submit requests of %d took %.2fs (%.0f tasks/s enqueued); the run is from the first submit to the last task seen ended by a store watch of the bench's own in the process (one more watcher decoding every task change, beside the task controller's and the agent's); task states %v, %d attempts; %s",
+		fmt.Sprintf("queue: %d submit requests of %d took %.2fs (%.0f tasks/s enqueued); the run is from the first submit to the last task seen ended by a store watch of the bench's own in the process (one more watcher, beside the task controller's and the agent's; it decodes only each change's state and times); task states %v, %d attempts; %s",
 			(q.N+q.Batch-1)/q.Batch, q.Batch, q.Enqueue.Seconds(), float64(q.N)/q.Enqueue.Seconds(), q.States, q.Attempts, q.Load),
 		fmt.Sprintf("queue: etcd per task: %s raft proposals applied, %s txns, %s puts, %s ranges, %s deletes (etcd's own counters over the run)",
 			per("server_proposals_applied_total"), per("mvcc_txn_total"), per("mvcc_put_total"), per("mvcc_range_total"), per("mvcc_delete_total")),
