@@ -40,6 +40,7 @@ type Controller struct {
 	lastNodes map[string]string // the node states planned with
 	turn      int               // the apps planned anyway go round (see planAnyway)
 	more      bool              // the last pass left new instances for the next
+	wrote     bool              // the last pass wrote something
 }
 
 // Run reconciles on every change of apps, instances or nodes until ctx ends.
@@ -79,10 +80,16 @@ func (c *Controller) Run(ctx context.Context) error {
 		case <-kick:
 		case <-tick.C:
 		}
-		// Changes come all the time in a large cluster (a heartbeat is
-		// one): the next pass waits as long as this one took, so that
-		// passes take at most half the time and each gathers more changes.
-		if rest := ended.Sub(began) - time.Since(ended); rest > 0 {
+		// Changes come all the time in a large cluster (a heartbeat, an
+		// instance reported healthy): the next pass waits as long as this
+		// one took (four times as long after one that wrote nothing), so
+		// that passes take at most half the time and each gathers more
+		// changes.
+		wait := ended.Sub(began)
+		if !c.wrote {
+			wait *= 4
+		}
+		if rest := wait - time.Since(ended); rest > 0 {
 			sleepCtx(ctx, rest)
 		}
 	}
@@ -116,7 +123,7 @@ func watchKind[T any](ctx context.Context, s *store.Store, kind store.Kind[T], t
 // store (see scanInstances).
 func (c *Controller) Reconcile(ctx context.Context) error {
 	now := time.Now().UTC()
-	c.more = false
+	c.more, c.wrote = false, false
 	apps, _, err := store.Apps.List(ctx, c.Store)
 	if err != nil {
 		return err
@@ -350,7 +357,7 @@ func (c *Controller) commit(ctx context.Context, batch []write) error {
 	rev, err := c.Store.Txn(ctx, ops...)
 	switch {
 	case err == nil:
-		c.wrote(batch, rev)
+		c.noteWrites(batch, rev)
 		return nil
 	case !errors.Is(err, store.ErrConflict) && !errors.Is(err, store.ErrExists) && !tooLarge(err):
 		c.replan(batch)
@@ -421,9 +428,10 @@ func (c *Controller) replan(batch []write) {
 	}
 }
 
-// wrote notes written instance records in the task controller's copy, so
-// that the next pass sees them even before the watch brings them.
-func (c *Controller) wrote(batch []write, rev int64) {
+// noteWrites notes written instance records in the task controller's
+// copy, so that the next pass sees them even before the watch brings them.
+func (c *Controller) noteWrites(batch []write, rev int64) {
+	c.wrote = true
 	if c.Tasks == nil || c.Tasks.instances == nil || !c.Tasks.instances.loaded {
 		return
 	}
@@ -518,7 +526,7 @@ const maxCreates = 25000
 // eventsPerApp is how many instances of one app a pass names in events
 // one by one ("placed", "unschedulable"); beyond, one event sums them up,
 // so that a deploy of a thousand replicas is not a thousand events.
-const eventsPerApp = 10
+const eventsPerApp = 50
 
 // schedule places every instance that wants to run and has no node (the
 // waiting ones of s, and the new ones of this pass, created) on nodes,
