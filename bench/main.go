@@ -32,6 +32,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"berth/bench/internal/measure"
 )
 
 const (
@@ -1028,24 +1030,10 @@ func (b *bench) logProblems() {
 		if !strings.Contains(l, "level=WARN") && !strings.Contains(l, "level=ERROR") {
 			continue
 		}
-		key := l
-		if i := strings.Index(l, "level="); i >= 0 {
-			key = l[i:]
-		}
-		if i := strings.Index(key, " msg="); i >= 0 {
-			msg := key[i+5:]
-			if strings.HasPrefix(msg, `"`) {
-				if j := strings.Index(msg[1:], `"`); j >= 0 {
-					msg = msg[:j+2]
-				}
-			} else if j := strings.IndexByte(msg, ' '); j >= 0 {
-				msg = msg[:j]
-			}
-			key = key[:i] + " " + msg
-			if c := strings.Index(l, "component="); c >= 0 {
-				comp, _, _ := strings.Cut(l[c:], " ")
-				key += " " + comp
-			}
+		key := measure.LogKey(l)
+		if c := strings.Index(l, "component="); c >= 0 {
+			comp, _, _ := strings.Cut(l[c:], " ")
+			key += " " + comp
 		}
 		if count[key] == 0 {
 			order = append(order, key)

@@ -3,8 +3,8 @@
 # working tree) and run the benchmarks once: bench/main.go (results in
 # bench/results.txt), bench/gateway (bench/gateway-results.txt),
 # bench/tasks (bench/tasks-results.txt), bench/failover
-# (bench/failover/results.txt) and bench/placement
-# (bench/placement-results.txt). Extra arguments go to the first
+# (bench/failover/results.txt) and bench/placement with its million run
+# (bench/placement-results.txt; about 15 minutes). Extra arguments go to the first
 # benchmark (e.g. -keep to keep berth's log and data dir, -v for every event).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -140,6 +140,9 @@ func (c config) check() error {
 		return fmt.Errorf("-apps %d: more apps than -instances %d", c.Apps, c.Instances)
 	case (c.Instances+c.Apps-1)/c.Apps > 1000:
 		return fmt.Errorf("-instances %d over -apps %d is more than 1,000 replicas per app (the API's limit): use more apps", c.Instances, c.Apps)
+	case int64(c.Instances)*instanceCPU > int64(c.Nodes)*nodeCPU/2:
+		// A quarter of the apps keep off a third of the nodes; binpack fills nodes up.
+		return fmt.Errorf("-instances %d need more than half of what -nodes %d offer: use more nodes", c.Instances, c.Nodes)
 	case c.NodeTTL <= c.Heartbeat:
 		return fmt.Errorf("-node-ttl %s must be longer than -heartbeat %s", c.NodeTTL, c.Heartbeat)
 	}

@@ -7,6 +7,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"berth/bench/internal/measure"
 )
 
 func render(results []*result, failures []string, wall time.Duration) string {
@@ -52,7 +54,7 @@ func (r *result) details() []string {
 		return fmt.Sprintf("+%s (25%%), +%s (50%%), +%s (75%%), +%s (all)", ms(q[0]), ms(q[1]), ms(q[2]), ms(q[3]))
 	}
 	d := []string{
-		fmt.Sprintf("%s: %d apps of about %d replicas (cpu 10m, memory 4Mi each; a quarter each: constraint zone != c with spread zone, spread zone, spread per node, binpack with max_per_node 10) on %d nodes of 16 CPUs and 64Gi in %d zones",
+		fmt.Sprintf("%s: %d apps of about %d replicas (cpu 10m, memory 4Mi each; a quarter each: constraint zone != c with spread zone, spread zone, spread per node, binpack with max_per_node 10 or more) on %d nodes of 16 CPUs and 64Gi in %d zones",
 			name, r.Apps, r.Instances/r.Apps, r.Nodes, r.Zones),
 		fmt.Sprintf("%s: setup (agent tokens, registrations, watches) %.1fs; the %d deploy requests (8 at a time) took %.1fs; %s",
 			name, r.Setup.Seconds(), r.Apps, r.Deploy.Seconds(), r.Load),
@@ -92,14 +94,5 @@ func mark(ok bool) string {
 	return "FAIL"
 }
 
-func ms(d time.Duration) string {
-	switch {
-	case d >= 10*time.Second:
-		return fmt.Sprintf("%.1fs", d.Seconds())
-	case d >= time.Second:
-		return fmt.Sprintf("%.2fs", d.Seconds())
-	case d >= 10*time.Millisecond:
-		return fmt.Sprintf("%.0fms", float64(d)/float64(time.Millisecond))
-	}
-	return fmt.Sprintf("%.2fms", float64(d)/float64(time.Millisecond))
-}
+// ms prints a duration with the precision that matters at its size.
+var ms = measure.Ms

@@ -11,6 +11,8 @@ import (
 
 	"berth/api"
 	"berth/internal/client"
+
+	"berth/bench/internal/measure"
 )
 
 // result is one run, as the child process reports it.
@@ -60,7 +62,7 @@ func runOnce(ctx context.Context, cfg config, profile string) (*result, error) {
 	}
 	defer srv.close()
 	res := &result{config: cfg, Profile: profile}
-	capacity := api.Capacity{CPU: 16000, Memory: 64 << 30}
+	capacity := api.Capacity{CPU: nodeCPU, Memory: 64 << 30}
 	f := newFleet(srv.addr, cfg.Nodes, cfg.Zones, cfg.Heartbeat, capacity, cfg.Instances)
 	t0 := time.Now()
 	if err := f.tokens(ctx, srv.token); err != nil {
@@ -92,15 +94,15 @@ func runOnce(ctx context.Context, cfg config, profile string) (*result, error) {
 		}
 		defer pprof.StopCPUProfile()
 	}
-	etcd0, fsync0 := etcdCounters(), etcdLatencies()
-	srv.counts.reset()
+	etcd0, fsync0 := measure.EtcdCounters(), measure.EtcdLatencies()
+	srv.counts.Reset()
 	f.heartbeats.Store(0)
-	l0, cpu0 := loadavg(), cpuTime()
+	l0, cpu0 := loadavg(), measure.CPUTime()
 	logf("deploying %d apps, %d instances on %d nodes (load %s)", cfg.Apps, cfg.Instances, cfg.Nodes, l0)
 	start := time.Now()
 	user := client.New(srv.addr, srv.token)
 	err = parallel(ctx, 8, cfg.Apps, func(i int) error {
-		_, err := user.Deploy(ctx, appSpec(i, replicasOf(cfg, i)))
+		_, err := user.Deploy(ctx, appSpec(i, replicasOf(cfg, i), cfg.Nodes))
 		return err
 	})
 	if err != nil {
@@ -118,14 +120,14 @@ func runOnce(ctx context.Context, cfg config, profile string) (*result, error) {
 	if err != nil {
 		return nil, err
 	}
-	res.Placed, res.CPUPlaced, res.EtcdPlaced = last.Sub(start), cpuTime()-cpu0, etcdDelta(etcd0, etcdCounters())
+	res.Placed, res.CPUPlaced, res.EtcdPlaced = last.Sub(start), measure.CPUTime()-cpu0, measure.EtcdDelta(etcd0, measure.EtcdCounters())
 	logf("all %d placed after %.1fs: %.0f/s", cfg.Instances, res.Placed.Seconds(), float64(cfg.Instances)/res.Placed.Seconds())
 	last, err = prog.wait(ctx, acked, *timeout, srv.errc, tick)
 	if err != nil {
 		return nil, err
 	}
 	pprof.StopCPUProfile()
-	res.Acked, res.CPU = last.Sub(start), cpuTime()-cpu0
+	res.Acked, res.CPU = last.Sub(start), measure.CPUTime()-cpu0
 	logf("all %d acknowledged after %.1fs", cfg.Instances, res.Acked.Seconds())
 
 	prog.mu.Lock()
@@ -138,8 +140,8 @@ func runOnce(ctx context.Context, cfg config, profile string) (*result, error) {
 		}
 	}
 	prog.mu.Unlock()
-	res.Etcd, res.Fsync = etcdDelta(etcd0, etcdCounters()), latencyDelta(fsync0, etcdLatencies())
-	res.Requests, res.Conns = srv.counts.snapshot()
+	res.Etcd, res.Fsync = measure.EtcdDelta(etcd0, measure.EtcdCounters()), measure.LatencyDelta(fsync0, measure.EtcdLatencies())
+	res.Requests, res.Conns = srv.counts.Snapshot()
 	res.Reported, res.Heartbeats, res.WatchEnds, res.Failed = f.reported.Load(), f.heartbeats.Load(), f.watchEnds.Load(), f.failed.Load()
 	f.mu.Lock()
 	res.LastErr = f.lastErr
@@ -155,9 +157,15 @@ func runOnce(ctx context.Context, cfg config, profile string) (*result, error) {
 	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) == nil {
 		res.PeakRSSMiB = float64(ru.Maxrss) / 1024
 	}
-	res.Warnings = srv.logs.summary()
+	res.Warnings = srv.logs.Summary()
 	return res, nil
 }
+
+// Every node offers nodeCPU; every instance asks instanceCPU (and 4Mi).
+const (
+	nodeCPU     = 16000
+	instanceCPU = 10
+)
 
 // replicasOf spreads the instances over the apps, the first ones taking
 // one more when they do not divide evenly.
@@ -171,17 +179,18 @@ func replicasOf(cfg config, i int) int {
 
 // appSpec is app i: small, so that capacity is not the limit, and of four
 // kinds: a constraint with spread over the zones, spread over the zones,
-// the default (spread per node), and binpack with max_per_node.
-func appSpec(i, replicas int) api.AppSpec {
+// the default (spread per node), and binpack with max_per_node (10, or
+// enough for the replicas on half the nodes).
+func appSpec(i, replicas, nodes int) api.AppSpec {
 	spec := api.AppSpec{Name: fmt.Sprintf("app-%04d", i), Image: "berth/demo:1", Port: 8080, Replicas: &replicas,
-		Resources: api.Resources{CPU: 10, Memory: api.MinMemory}}
+		Resources: api.Resources{CPU: instanceCPU, Memory: api.MinMemory}}
 	switch i % 4 {
 	case 0:
 		spec.Placement = &api.Placement{Constraints: []string{"zone != c"}, Spread: "zone"}
 	case 1:
 		spec.Placement = &api.Placement{Spread: "zone"}
 	case 3:
-		spec.Placement = &api.Placement{Strategy: api.StrategyBinpack, MaxPerNode: 10}
+		spec.Placement = &api.Placement{Strategy: api.StrategyBinpack, MaxPerNode: max(10, 2*replicas/nodes+1)}
 	}
 	return spec
 }
@@ -190,7 +199,7 @@ func appSpec(i, replicas int) api.AppSpec {
 func waitWatches(ctx context.Context, srv *server, nodes int) error {
 	deadline := time.Now().Add(5 * time.Minute)
 	for time.Now().Before(deadline) {
-		reqs, _ := srv.counts.snapshot()
+		reqs, _ := srv.counts.Snapshot()
 		if reqs["GET /v1/instances (watch)"] >= nodes {
 			return nil
 		}

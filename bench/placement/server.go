@@ -13,6 +13,8 @@ import (
 	"berth/internal/controller"
 	"berth/internal/store"
 	"berth/internal/tasklog"
+
+	"berth/bench/internal/measure"
 )
 
 // server is the real server of `berth server` in this process: embedded
@@ -22,14 +24,17 @@ type server struct {
 	st     *store.Store
 	addr   string
 	token  string // the server's own (user) token
-	counts *routeCounts
-	logs   *warnLog
+	counts *measure.RouteCounts
+	logs   *measure.WarnLog
 	errc   chan error
 	close  func()
 }
 
 func startServer(ctx context.Context, dir string, nodeTTL time.Duration) (*server, error) {
-	logs := &warnLog{}
+	logs := &measure.WarnLog{}
+	if *verbose {
+		logs.Echo = os.Stderr
+	}
 	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	st, err := store.OpenEmbedded(ctx, filepath.Join(dir, "data"), log)
 	if err != nil {
@@ -61,9 +66,9 @@ func startServer(ctx context.Context, dir string, nodeTTL time.Duration) (*serve
 	srv := &apiserver.Server{Store: st, Token: token, Cluster: cluster, NodeTTL: nodeTTL,
 		Log: log.With("component", "api"), TaskLogs: taskLogs,
 		Logs: func(string) apiserver.LogSource { return nil }}
-	counts := &routeCounts{m: map[string]int{}}
-	httpSrv := &http.Server{Handler: counts.wrap(srv.Handler()), ReadHeaderTimeout: 10 * time.Second,
-		ConnState: counts.connState}
+	counts := measure.NewRouteCounts()
+	httpSrv := &http.Server{Handler: counts.Wrap(srv.Handler()), ReadHeaderTimeout: 10 * time.Second,
+		ConnState: counts.ConnState}
 	go httpSrv.Serve(lis)
 	closers = append(closers, func() { httpSrv.Close() })
 

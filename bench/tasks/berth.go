@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"berth/internal/client"
+
+	"berth/bench/internal/measure"
 )
 
 // berthUp is a `berth up` of the bench's own: a free port, a temporary data dir.
@@ -144,38 +146,13 @@ func (b *berthUp) warnings() string {
 	if err != nil {
 		return ""
 	}
-	count := map[string]int{}
-	var order []string
+	var w measure.WarnLog
 	for _, l := range strings.Split(string(data), "\n") {
-		i := strings.Index(l, "level=WARN")
-		if i < 0 {
-			i = strings.Index(l, "level=ERROR")
+		if strings.Contains(l, "level=WARN") || strings.Contains(l, "level=ERROR") {
+			_, _ = w.Write([]byte(l))
 		}
-		if i < 0 {
-			continue
-		}
-		key := l[i:]
-		if j := strings.Index(key, " msg="); j >= 0 {
-			msg := key[j+5:]
-			if strings.HasPrefix(msg, `"`) {
-				if k := strings.Index(msg[1:], `"`); k >= 0 {
-					msg = msg[:k+2]
-				}
-			} else if k := strings.IndexByte(msg, ' '); k >= 0 {
-				msg = msg[:k]
-			}
-			key = key[:j] + " " + msg
-		}
-		if count[key] == 0 {
-			order = append(order, key)
-		}
-		count[key]++
 	}
-	var parts []string
-	for _, k := range order {
-		parts = append(parts, fmt.Sprintf("%dx %s", count[k], k))
-	}
-	return strings.Join(parts, "; ")
+	return w.Summary()
 }
 
 func (b *berthUp) logTail(n int) string {

@@ -50,16 +50,3 @@ func TestPercentileNearestRank(t *testing.T) {
 		t.Errorf("pct of nothing = %v, want 0", got)
 	}
 }
-
-func TestRouteCollapsesNames(t *testing.T) {
-	for path, want := range map[string]string{
-		"/v1/tasks":         "/v1/tasks",
-		"/v1/tasks/reports": "/v1/tasks/reports",
-		"/v1/tasks/0123456789abcdef/attempts/2/log": "/v1/tasks/{}/attempts/{}/log",
-		"/v1/nodes/bench": "/v1/nodes/{}",
-	} {
-		if got := route(path); got != want {
-			t.Errorf("route(%q) = %q, want %q", path, got, want)
-		}
-	}
-}

@@ -23,6 +23,8 @@ import (
 	"berth/internal/runtime/fake"
 	"berth/internal/store"
 	"berth/internal/tasklog"
+
+	"berth/bench/internal/measure"
 )
 
 // queueResult is the in-process run: the queue's own overhead, without
@@ -66,7 +68,7 @@ func runQueue(ctx context.Context, n, batch int, profile string) (*queueResult, 
 	defer os.RemoveAll(dir)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	logs := &warnLog{}
+	logs := &measure.WarnLog{}
 	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelWarn}))
 
 	st, err := store.OpenEmbedded(ctx, filepath.Join(dir, "data"), log)
@@ -102,9 +104,9 @@ func runQueue(ctx context.Context, n, batch int, profile string) (*queueResult, 
 	srv := &apiserver.Server{Store: st, Token: token, Cluster: cluster, Log: log.With("component", "api"),
 		TaskLogs: taskLogs,
 		Logs:     func(string) apiserver.LogSource { return ag }}
-	counts := &routeCounts{m: map[string]int{}}
-	httpSrv := &http.Server{Handler: counts.wrap(srv.Handler()), ReadHeaderTimeout: 10 * time.Second,
-		ConnState: counts.connState}
+	counts := measure.NewRouteCounts()
+	httpSrv := &http.Server{Handler: counts.Wrap(srv.Handler()), ReadHeaderTimeout: 10 * time.Second,
+		ConnState: counts.ConnState}
 	go httpSrv.Serve(lis)
 	defer httpSrv.Close()
 
@@ -127,8 +129,8 @@ func runQueue(ctx context.Context, n, batch int, profile string) (*queueResult, 
 	if err != nil {
 		return nil, err
 	}
-	etcd0, fsync0 := etcdCounters(), etcdLatencies()
-	counts.reset()
+	etcd0, fsync0 := measure.EtcdCounters(), measure.EtcdLatencies()
+	counts.Reset()
 	if profile != "" {
 		f, err := os.Create(profile)
 		if err != nil {
@@ -152,7 +154,7 @@ func runQueue(ctx context.Context, n, batch int, profile string) (*queueResult, 
 	}
 	logf("queue: %d tasks in batches of %d through the API; fake containers exit 0 at once", n, batch)
 	res := &queueResult{N: n, Batch: batch, Reference: cpuReference()}
-	l0, cpu0 := loadavg(), cpuTime()
+	l0, cpu0 := loadavg(), measure.CPUTime()
 	t0 := time.Now()
 	for i := 0; i < n; i += batch {
 		if _, err := c.SubmitTasks(ctx, specs[i:min(i+batch, n)]); err != nil {
@@ -167,15 +169,15 @@ func runQueue(ctx context.Context, n, batch int, profile string) (*queueResult, 
 	if err != nil {
 		return nil, err
 	}
-	res.CPU = cpuTime() - cpu0
+	res.CPU = measure.CPUTime() - cpu0
 	res.Total = last.Sub(t0)
 	res.Load = fmt.Sprintf("load %s -> %s", l0, loadavg())
 	logf("queue: %d ended after %.2fs: %.0f tasks/s", n, res.Total.Seconds(), res.rate())
 
-	res.Etcd = etcdDelta(etcd0, etcdCounters())
-	res.Fsync = latencyDelta(fsync0, etcdLatencies())
+	res.Etcd = measure.EtcdDelta(etcd0, measure.EtcdCounters())
+	res.Fsync = measure.LatencyDelta(fsync0, measure.EtcdLatencies())
 	res.Quarters, res.Stages = ends.timeline(t0)
-	res.Requests, res.Conns = counts.snapshot()
+	res.Requests, res.Conns = counts.Snapshot()
 	res.States, res.Attempts = ends.summary()
 	res.Succeeded = res.States[api.TaskSucceeded]
 	var ru syscall.Rusage
@@ -183,7 +185,7 @@ func runQueue(ctx context.Context, n, batch int, profile string) (*queueResult, 
 		res.PeakRSSMiB = float64(ru.Maxrss) / 1024
 	}
 	res.Profile = profile
-	res.Warnings = logs.summary()
+	res.Warnings = logs.Summary()
 	return res, nil
 }
 

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"berth/api"
+
+	"berth/bench/internal/measure"
 )
 
 type report struct {
@@ -100,17 +102,8 @@ func stats(ds []time.Duration) string {
 	return fmt.Sprintf("median %s, p90 %s, max %s (n=%d)", ms(pct(ds, 50)), ms(pct(ds, 90)), ms(pct(ds, 100)), len(ds))
 }
 
-func ms(d time.Duration) string {
-	switch {
-	case d >= 10*time.Second:
-		return fmt.Sprintf("%.1fs", d.Seconds())
-	case d >= time.Second:
-		return fmt.Sprintf("%.2fs", d.Seconds())
-	case d >= 10*time.Millisecond:
-		return fmt.Sprintf("%.0fms", float64(d)/float64(time.Millisecond))
-	}
-	return fmt.Sprintf("%.1fms", float64(d)/float64(time.Millisecond))
-}
+// ms prints a duration with the precision that matters at its size.
+var ms = measure.Ms
 
 func (q *queueResult) render(w *strings.Builder) (details []string) {
 	fmt.Fprintf(w, "\nqueue overhead, in-process (real API, embedded etcd, controllers and agent; fake runtime, containers exit 0 at once)\n")

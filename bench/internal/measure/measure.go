@@ -1,11 +1,15 @@
-package main
+// Package measure holds what the in-process benches (bench/tasks,
+// bench/placement) read of the process they run in: embedded etcd's own
+// counters and disk latencies, CPU time, API requests by route, and the
+// warnings the components log.
+package measure
 
 import (
 	"fmt"
+	"io"
 	"maps"
 	"net"
 	"net/http"
-	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -18,11 +22,9 @@ import (
 	"berth/api"
 )
 
-// The helpers below are those of bench/tasks (a main package of its own).
-
-// etcdCounters reads the embedded etcd's own counters (it registers them
+// EtcdCounters reads the embedded etcd's own counters (it registers them
 // with the default Prometheus registry).
-func etcdCounters() map[string]float64 {
+func EtcdCounters() map[string]float64 {
 	out := map[string]float64{}
 	mfs, err := prometheus.DefaultGatherer.Gather()
 	if err != nil {
@@ -45,9 +47,9 @@ func etcdCounters() map[string]float64 {
 	return out
 }
 
-// etcdLatencies reads etcd's histograms of WAL fsync and backend commit
+// EtcdLatencies reads etcd's histograms of WAL fsync and backend commit
 // (count and sum of seconds).
-func etcdLatencies() map[string][2]float64 {
+func EtcdLatencies() map[string][2]float64 {
 	out := map[string][2]float64{}
 	mfs, err := prometheus.DefaultGatherer.Gather()
 	if err != nil {
@@ -67,19 +69,21 @@ func etcdLatencies() map[string][2]float64 {
 	return out
 }
 
-func latencyDelta(before, after map[string][2]float64) string {
+// LatencyDelta says how many WAL fsyncs and backend commits etcd made
+// between two readings of EtcdLatencies, and their mean.
+func LatencyDelta(before, after map[string][2]float64) string {
 	var parts []string
 	for _, k := range []string{"etcd_disk_wal_fsync_duration_seconds", "etcd_disk_backend_commit_duration_seconds"} {
 		n, sum := after[k][0]-before[k][0], after[k][1]-before[k][1]
 		if n > 0 {
-			parts = append(parts, fmt.Sprintf("%s %.0f, mean %s", strings.TrimSuffix(strings.TrimPrefix(k, "etcd_disk_"), "_duration_seconds"), n, ms(time.Duration(sum/n*float64(time.Second)))))
+			parts = append(parts, fmt.Sprintf("%s %.0f, mean %s", strings.TrimSuffix(strings.TrimPrefix(k, "etcd_disk_"), "_duration_seconds"), n, Ms(time.Duration(sum/n*float64(time.Second)))))
 		}
 	}
 	return strings.Join(parts, "; ")
 }
 
-// cpuTime is the user and system time of this process so far.
-func cpuTime() time.Duration {
+// CPUTime is the user and system time of this process so far.
+func CPUTime() time.Duration {
 	var ru syscall.Rusage
 	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
 		return 0
@@ -87,7 +91,8 @@ func cpuTime() time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
-func etcdDelta(before, after map[string]float64) map[string]float64 {
+// EtcdDelta is after - before of EtcdCounters, without the etcd_ prefix.
+func EtcdDelta(before, after map[string]float64) map[string]float64 {
 	out := map[string]float64{}
 	for k, v := range after {
 		out[strings.TrimPrefix(k, "etcd_")] = v - before[k]
@@ -95,67 +100,10 @@ func etcdDelta(before, after map[string]float64) map[string]float64 {
 	return out
 }
 
-// routeCounts counts API requests by method and route (ids collapsed).
-type routeCounts struct {
-	mu    sync.Mutex
-	m     map[string]int
-	conns int
-}
-
-func (rc *routeCounts) connState(_ net.Conn, st http.ConnState) {
-	if st == http.StateNew {
-		rc.mu.Lock()
-		rc.conns++
-		rc.mu.Unlock()
-	}
-}
-
-func (rc *routeCounts) wrap(h http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		key := r.Method + " " + route(r.URL.Path)
-		if r.URL.Query().Get("watch") == "true" {
-			key += " (watch)"
-		}
-		rc.mu.Lock()
-		rc.m[key]++
-		rc.mu.Unlock()
-		h.ServeHTTP(w, r)
-	})
-}
-
-func (rc *routeCounts) reset() {
-	rc.mu.Lock()
-	defer rc.mu.Unlock()
-	rc.m, rc.conns = map[string]int{}, 0
-}
-
-func (rc *routeCounts) snapshot() (map[string]int, int) {
-	rc.mu.Lock()
-	defer rc.mu.Unlock()
-	return maps.Clone(rc.m), rc.conns
-}
-
-// route collapses the names in a path: /v1/tasks/{}/attempts/{}/log.
-func route(path string) string {
-	parts := strings.Split(path, "/")
-	for i, p := range parts {
-		if _, err := strconv.Atoi(p); err == nil || api.ValidTaskID(p) ||
-			i > 0 && slices.Contains([]string{"nodes", "apps", "instances", "queues", "schedules", "tokens"}, parts[i-1]) {
-			parts[i] = "{}"
-		}
-	}
-	return strings.Join(parts, "/")
-}
-
-// warnLog keeps the warnings and errors the components log, by message.
-type warnLog struct {
-	mu    sync.Mutex
-	count map[string]int
-	order []string
-}
-
-func (w *warnLog) Write(p []byte) (int, error) {
-	line := string(p)
+// RouteCounts counts API requests by method and route (ids collapsed).
+// LogKey is a slog text line cut down to its level and message
+// ("level=WARN \"apply request took too long\""): what WarnLog counts by.
+func LogKey(line string) string {
 	key := line
 	if i := strings.Index(line, "level="); i >= 0 {
 		key = line[i:]
@@ -171,8 +119,77 @@ func (w *warnLog) Write(p []byte) (int, error) {
 		}
 		key = key[:i] + " " + strings.TrimSpace(msg)
 	}
-	if *verbose {
-		os.Stderr.Write(p)
+	return key
+}
+
+// NewRouteCounts starts counting.
+func NewRouteCounts() *RouteCounts { return &RouteCounts{m: map[string]int{}} }
+
+type RouteCounts struct {
+	mu    sync.Mutex
+	m     map[string]int
+	conns int
+}
+
+func (rc *RouteCounts) ConnState(_ net.Conn, st http.ConnState) {
+	if st == http.StateNew {
+		rc.mu.Lock()
+		rc.conns++
+		rc.mu.Unlock()
+	}
+}
+
+func (rc *RouteCounts) Wrap(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		key := r.Method + " " + Route(r.URL.Path)
+		if r.URL.Query().Get("watch") == "true" {
+			key += " (watch)"
+		}
+		rc.mu.Lock()
+		rc.m[key]++
+		rc.mu.Unlock()
+		h.ServeHTTP(w, r)
+	})
+}
+
+func (rc *RouteCounts) Reset() {
+	rc.mu.Lock()
+	defer rc.mu.Unlock()
+	rc.m, rc.conns = map[string]int{}, 0
+}
+
+func (rc *RouteCounts) Snapshot() (map[string]int, int) {
+	rc.mu.Lock()
+	defer rc.mu.Unlock()
+	return maps.Clone(rc.m), rc.conns
+}
+
+// Route collapses the names in a path: /v1/tasks/{}/attempts/{}/log.
+func Route(path string) string {
+	parts := strings.Split(path, "/")
+	for i, p := range parts {
+		if _, err := strconv.Atoi(p); err == nil || api.ValidTaskID(p) ||
+			i > 0 && slices.Contains([]string{"nodes", "apps", "instances", "queues", "schedules", "tokens"}, parts[i-1]) {
+			parts[i] = "{}"
+		}
+	}
+	return strings.Join(parts, "/")
+}
+
+// WarnLog keeps the warnings and errors the components log, by message.
+type WarnLog struct {
+	// Echo, when set, also gets every line (a bench's -v).
+	Echo io.Writer
+
+	mu    sync.Mutex
+	count map[string]int
+	order []string
+}
+
+func (w *WarnLog) Write(p []byte) (int, error) {
+	key := LogKey(string(p))
+	if w.Echo != nil {
+		_, _ = w.Echo.Write(p)
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -186,7 +203,7 @@ func (w *warnLog) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-func (w *warnLog) summary() string {
+func (w *WarnLog) Summary() string {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	var parts []string
@@ -194,4 +211,17 @@ func (w *warnLog) summary() string {
 		parts = append(parts, fmt.Sprintf("%dx %s", w.count[k], strings.TrimSpace(k)))
 	}
 	return strings.Join(parts, "; ")
+}
+
+// Ms prints a duration with the precision that matters at its size.
+func Ms(d time.Duration) string {
+	switch {
+	case d >= 10*time.Second:
+		return fmt.Sprintf("%.1fs", d.Seconds())
+	case d >= time.Second:
+		return fmt.Sprintf("%.2fs", d.Seconds())
+	case d >= 10*time.Millisecond:
+		return fmt.Sprintf("%.0fms", float64(d)/float64(time.Millisecond))
+	}
+	return fmt.Sprintf("%.1fms", float64(d)/float64(time.Millisecond))
 }
