@@ -42,6 +42,13 @@ func nodeLoss(ctx context.Context, bin, tmp string, runs int) ([]time.Duration, 
 		return nil, "", err
 	}
 	cl := client.New(srv.url, token)
+	// Registered before the agents' stops, so it runs after them: a
+	// running agent would make its containers again.
+	var cluster string
+	if st, err := cl.Status(ctx); err == nil {
+		cluster = st.Cluster
+	}
+	defer removeContainers(cluster)
 
 	agents := map[string]*server{}
 	for _, node := range []string{"n1", "n2", "n3"} {
@@ -58,12 +65,6 @@ func nodeLoss(ctx context.Context, bin, tmp string, runs int) ([]time.Duration, 
 		defer a.cmd.Process.Signal(syscall.SIGCONT) // before stop, should a run fail while frozen
 		agents[node] = a
 	}
-	var cluster string
-	if st, err := cl.Status(ctx); err == nil {
-		cluster = st.Cluster
-	}
-	defer removeContainers(cluster)
-
 	const app = "nodeloss"
 	spec := "name: " + app + `
 image: berth/demo:1
