@@ -124,9 +124,7 @@ func (e *engine) running(cluster, app string) ([]string, error) {
 // The agent reconnects and reconciles: the app's instances run and are
 // healthy again, with exactly one container each.
 func TestAgentSurvivesEngineRestart(t *testing.T) {
-	if skipReason != "" {
-		t.Skip(skipReason)
-	}
+	needDocker(t)
 	e := startEngine(t)
 	c := startServers(t, 1)
 	t.Cleanup(func() {

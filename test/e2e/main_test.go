@@ -28,6 +28,20 @@ var (
 	skipReason string
 )
 
+// needDocker stops a test that cannot run without the Docker engine:
+// outside CI it skips; under CI=true it fails (runMain already refuses to
+// run without an engine there; this keeps every test to the same rule).
+func needDocker(t testing.TB) {
+	t.Helper()
+	if skipReason == "" {
+		return
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatal(skipReason)
+	}
+	t.Skip(skipReason)
+}
+
 func TestMain(m *testing.M) {
 	os.Exit(runMain(m))
 }

@@ -140,9 +140,7 @@ type servers struct {
 // container of it removed after the test.
 func startServers(t *testing.T, n int) *servers {
 	t.Helper()
-	if skipReason != "" {
-		t.Skip(skipReason)
-	}
+	needDocker(t)
 	c := &servers{token: randomToken(t)}
 	t.Cleanup(func() {
 		if t.Failed() {

@@ -75,9 +75,7 @@ func TestServersTwoAgents(t *testing.T) {
 
 // The agent refuses bad flags before it touches anything.
 func TestAgentFlags(t *testing.T) {
-	if skipReason != "" {
-		t.Skip(skipReason)
-	}
+	needDocker(t)
 	for _, tc := range []struct {
 		args []string
 		want string
