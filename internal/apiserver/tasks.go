@@ -241,11 +241,12 @@ func (s *Server) listTasks(w http.ResponseWriter, r *http.Request) {
 	}
 	if q.Get("watch") == "true" {
 		if rev, ok := watchRevision(w, r); ok {
+			// The hub routes by node itself; only queue and schedule need
+			// a look inside each record (the agent's watch, by node, never).
 			var keep func([]byte) bool
-			if queue != "" || node != "" || schedule != "" {
+			if queue != "" || schedule != "" {
 				keep = matching(func(t *taskFilterView) bool {
-					return (queue == "" || t.Spec.Queue == queue) && (node == "" || t.Node == node) &&
-						(schedule == "" || t.Schedule == schedule)
+					return (queue == "" || t.Spec.Queue == queue) && (schedule == "" || t.Schedule == schedule)
 				})
 			}
 			streamWatch(s, w, r, store.Tasks, rev, watchFilter{Node: node, Match: keep})
@@ -282,10 +283,9 @@ func (s *Server) listTasks(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, api.List[api.Task]{Items: items, Revision: rev})
 }
 
-// taskFilterView is the part of a task the list filters read: a watch
-// decodes only this of every task change.
+// taskFilterView is the part of a task a watch filtered by queue or
+// schedule decodes of every task change.
 type taskFilterView struct {
-	Node     string `json:"node"`
 	Schedule string `json:"schedule"`
 	Spec     struct {
 		Queue string `json:"queue"`
