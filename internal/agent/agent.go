@@ -8,7 +8,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"strconv"
@@ -657,12 +656,4 @@ func statusEqual(a, b api.Status) bool {
 	return codeEq && a.State == b.State && a.Healthy == b.Healthy && a.ContainerID == b.ContainerID &&
 		a.Address == b.Address && a.ContainerAddress == b.ContainerAddress && a.Restarts == b.Restarts && a.Error == b.Error && a.Replace == b.Replace &&
 		a.StartedAt.Equal(b.StartedAt)
-}
-
-// InstanceLogs streams an instance's container output (apiserver.LogSource).
-func (a *Agent) InstanceLogs(ctx context.Context, inst api.Instance, follow bool, tail int) (io.ReadCloser, error) {
-	if inst.Status.ContainerID == "" {
-		return nil, errors.New("no container yet")
-	}
-	return a.Runtime.Logs(ctx, inst.Status.ContainerID, follow, tail)
 }
