@@ -36,6 +36,9 @@ type Agent struct {
 	Workers int
 	// Heartbeat is how often the node reports it is alive.
 	Heartbeat time.Duration
+	// Resync is how often every instance and container is checked again
+	// (default 10s), whatever the watch and the engine's events said.
+	Resync time.Duration
 	// PayloadDir is where task payloads are written for their containers
 	// to mount (default: <tmp>/berth-task-payloads/<cluster>-<node>). The
 	// agent removes whatever it holds that no attempt uses.
@@ -49,6 +52,11 @@ type Agent struct {
 	insts  map[string]api.Instance // instances placed on this node, as the server has them
 	synced bool                    // insts holds a full list
 	locals map[string]*local
+	relist context.CancelFunc // ends the follow's watch: it lists again
+
+	listMu      sync.Mutex // one fresh list at a time (see listed)
+	listedAt    time.Time  // when the last fresh list was asked for
+	listedItems map[string]api.Instance
 }
 
 // local is what the agent knows of one instance beyond the server's record.
@@ -82,6 +90,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	if a.Heartbeat == 0 {
 		a.Heartbeat = 3 * time.Second
 	}
+	if a.Resync == 0 {
+		a.Resync = resyncEvery
+	}
 	a.queue = newWorkQueue()
 	a.insts = map[string]api.Instance{}
 	a.locals = map[string]*local{}
@@ -113,10 +124,20 @@ func (a *Agent) Run(ctx context.Context) error {
 
 // register learns the cluster's identity and reports the node's capacity.
 func (a *Agent) register(ctx context.Context) error {
+	refused := 0
 	for backoff := time.Second; ; backoff = min(backoff*2, 30*time.Second) {
 		err := a.registerOnce(ctx)
 		if err == nil {
 			return nil
+		}
+		// A token bound to another node, or without the agent role, stays
+		// so, and one refused three times running is not just new to a
+		// server's cache: retrying would only hide the mistake.
+		if refused = refused + 1; !client.IsStatus(err, 401) {
+			refused = 0
+		}
+		if client.IsStatus(err, 403) || refused >= 3 {
+			return fmt.Errorf("register node %s: %w", a.Node, err)
 		}
 		a.Log.Warn("register node", "err", err, "retry_in", backoff)
 		select {
@@ -176,9 +197,22 @@ func (a *Agent) heartbeat(ctx context.Context) {
 	}
 }
 
-// follow keeps insts equal to the server's instances on this node.
+// follow keeps insts equal to the server's instances on this node; a call
+// of relist makes it list again.
 func (a *Agent) follow(ctx context.Context) {
-	a.Client.FollowInstances(ctx, client.InstanceFilter{Node: a.Node}, func(all map[string]api.Instance, changed []string) {
+	for ctx.Err() == nil {
+		fctx, cancel := context.WithCancel(ctx)
+		a.mu.Lock()
+		a.relist = cancel
+		a.mu.Unlock()
+		a.followOnce(ctx, fctx)
+		cancel()
+	}
+}
+
+// followOnce follows until fctx ends; ctx is the agent's.
+func (a *Agent) followOnce(ctx, fctx context.Context) {
+	a.Client.FollowInstances(fctx, client.InstanceFilter{Node: a.Node}, func(all map[string]api.Instance, changed []string) {
 		a.mu.Lock()
 		prev := a.insts
 		a.insts = make(map[string]api.Instance, len(all))
@@ -240,7 +274,7 @@ func (a *Agent) watchEngine(ctx context.Context) {
 // resync re-checks everything now and then: level-triggered, so a missed
 // event only delays convergence.
 func (a *Agent) resync(ctx context.Context) {
-	t := time.NewTicker(resyncEvery)
+	t := time.NewTicker(a.Resync)
 	defer t.Stop()
 	for {
 		select {
@@ -277,11 +311,7 @@ func (a *Agent) sweep(ctx context.Context) {
 		}
 		name := c.Labels[runtime.LabelInstance]
 		if c.Name != containerName(a.cluster, name, a.Node) {
-			// Labelled as this node's but not made by berth: never adopted.
-			a.Log.Warn("removing stray container", "container", c.Name, "instance", name)
-			if err := a.Runtime.Remove(ctx, c.ID); err != nil {
-				a.Log.Warn("remove stray container", "container", c.Name, "err", err)
-			}
+			a.removeStray(ctx, c)
 			continue
 		}
 		a.queue.Add(name)
@@ -333,6 +363,7 @@ func (a *Agent) forget(name string) {
 // is found by its name, which the engine keeps unique: there is never a
 // second container of a wanted instance to look for.
 func (a *Agent) reconcile(ctx context.Context, name string) error {
+	asked := time.Now()
 	a.mu.Lock()
 	inst, known := a.insts[name]
 	a.mu.Unlock()
@@ -343,6 +374,11 @@ func (a *Agent) reconcile(ctx context.Context, name string) error {
 		own = &c
 	case !errors.Is(err, runtime.ErrNotFound):
 		return fmt.Errorf("inspect container: %w", err)
+	}
+	if !known && own != nil {
+		if inst, known, err = a.confirmUnknown(ctx, name, asked); err != nil {
+			return err
+		}
 	}
 	ours := known && inst.Node == a.Node
 	if ours && inst.Desired == api.DesiredIdle {
@@ -365,52 +401,6 @@ func (a *Agent) reconcile(ctx context.Context, name string) error {
 	default:
 		return a.restart(ctx, inst, l, *own)
 	}
-}
-
-// retire stops and removes the containers of an instance that is not
-// wanted here, then tells the server the retired instance is gone.
-func (a *Agent) retire(ctx context.Context, name string, inst api.Instance, known bool, containers []runtime.Container) error {
-	a.forget(name)
-	ours := known && inst.Node == a.Node
-	if len(containers) > 0 {
-		grace := api.DefaultStopGrace
-		if known && inst.Spec.StopGrace != nil {
-			grace = inst.Spec.StopGrace.D()
-		}
-		if ours {
-			st := inst.Status
-			st.State, st.Healthy = api.StateStopping, false
-			wasRoutable := inst.Routable()
-			if err := a.Client.ReportStatus(ctx, name, st); err != nil && !client.IsStatus(err, 404) {
-				return err
-			}
-			// Give routers watching the instance a moment to stop sending to it.
-			if wasRoutable && inst.StopReason != api.StopAppRemoved {
-				select {
-				case <-ctx.Done():
-					return ctx.Err()
-				case <-time.After(drainDelay):
-				}
-			}
-		}
-		for _, c := range containers {
-			if c.Running {
-				if err := a.Runtime.Stop(ctx, c.ID, grace); err != nil {
-					return err
-				}
-			}
-			if err := a.Runtime.Remove(ctx, c.ID); err != nil {
-				return err
-			}
-		}
-		a.Log.Info("removed", "instance", name, "containers", len(containers))
-	}
-	if ours && inst.Desired == api.DesiredStop {
-		if err := a.Client.DeleteInstance(ctx, name); err != nil && !client.IsStatus(err, 404) {
-			return err
-		}
-	}
-	return nil
 }
 
 // create makes and starts the instance's container.

@@ -30,9 +30,18 @@ type cluster struct {
 	stopAg     context.CancelFunc
 	payloadDir string
 	st         *store.Store
+	agent      *Agent        // the running agent
+	resync     time.Duration // the agent's Resync; 0: its default
 }
 
 func newCluster(t *testing.T) *cluster {
+	c := newServer(t)
+	c.startAgent()
+	return c
+}
+
+// newServer is newCluster without starting the agent.
+func newServer(t *testing.T) *cluster {
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -62,7 +71,6 @@ func newCluster(t *testing.T) *cluster {
 	}
 	c := &cluster{t: t, rt: fake.New(), client: client.New(hs.URL, "t"), agentCl: client.New(hs.URL, agentToken),
 		ctx: ctx, payloadDir: t.TempDir(), st: st}
-	c.startAgent()
 	return c
 }
 
@@ -70,7 +78,8 @@ func (c *cluster) startAgent() {
 	actx, stop := context.WithCancel(c.ctx)
 	c.stopAg = stop
 	ag := &Agent{Client: c.agentCl, Runtime: c.rt, Node: "n1", Address: "127.0.0.1", PayloadDir: c.payloadDir,
-		Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Heartbeat: 200 * time.Millisecond}
+		Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Heartbeat: 200 * time.Millisecond, Resync: c.resync}
+	c.agent = ag
 	done := make(chan struct{})
 	go func() { ag.Run(actx); close(done) }()
 	c.t.Cleanup(func() { stop(); <-done })

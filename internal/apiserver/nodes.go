@@ -2,6 +2,7 @@ package apiserver
 
 import (
 	"errors"
+	"fmt"
 	"net/http"
 	"sort"
 	"time"
@@ -140,4 +141,56 @@ func (s *Server) setDraining(w http.ResponseWriter, r *http.Request, draining bo
 	}
 	n.State = n.StateAt(time.Now(), s.NodeTTL)
 	writeJSON(w, http.StatusOK, n)
+}
+
+// nodeEventKinds are the events an agent may record of its own node: what
+// it did on its own judgement, which no other part of berth sees happen.
+var nodeEventKinds = map[string]bool{"removed": true}
+
+// maxNodeEvents bounds one request of postNodeEvents.
+const maxNodeEvents = 100
+
+// POST /v1/nodes/{name}/events: an agent records what it did on its node,
+// such as removing a container, and why.
+func (s *Server) postNodeEvents(w http.ResponseWriter, r *http.Request) {
+	var events []api.Event
+	if !decodeJSON(w, r, &events) {
+		return
+	}
+	name := r.PathValue("name")
+	if !s.ownNode(w, r, name, "node "+name) {
+		return
+	}
+	if len(events) == 0 || len(events) > maxNodeEvents {
+		writeError(w, http.StatusBadRequest, "", "send 1 to %d events, not %d", maxNodeEvents, len(events))
+		return
+	}
+	ctx := r.Context()
+	ops := make([]store.Op, 0, len(events))
+	for i, e := range events {
+		field := func(f string) string { return fmt.Sprintf("[%d].%s", i, f) }
+		switch {
+		case !nodeEventKinds[e.Kind]:
+			writeError(w, http.StatusBadRequest, field("kind"), "%s: %q is not an event an agent records (removed)", field("kind"), e.Kind)
+			return
+		case e.Message == "" || len(e.Message) > 1024:
+			writeError(w, http.StatusBadRequest, field("message"), "%s: 1 to 1024 bytes", field("message"))
+			return
+		case len(e.App) > 256 || len(e.Instance) > 256:
+			writeError(w, http.StatusBadRequest, field("instance"), "%s: app and instance names are at most 256 bytes", field("instance"))
+			return
+		}
+		e.Node, e.Time, e.Version = name, time.Time{}, 0 // the server's word for where and when
+		op, err := s.Store.AppendEvent(ctx, e)
+		if err != nil {
+			s.writeStoreError(w, err)
+			return
+		}
+		ops = append(ops, op)
+	}
+	if _, err := s.Store.Txn(ctx, ops...); err != nil {
+		s.writeStoreError(w, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
 }

@@ -108,6 +108,7 @@ func (s *Server) routes() []route {
 		{"DELETE /v1/instances/{name}", userOrAgent, s.deleteInstance},
 		{"GET /v1/nodes", userOnly, s.listNodes},
 		{"PUT /v1/nodes/{name}", agentOnly, s.putNode},
+		{"POST /v1/nodes/{name}/events", agentOnly, s.postNodeEvents},
 		{"POST /v1/nodes/{name}/drain", userOnly, s.drainNode},
 		{"POST /v1/nodes/{name}/activate", userOnly, s.activateNode},
 		{"GET /v1/events", userOnly, s.listEvents},

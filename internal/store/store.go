@@ -320,10 +320,14 @@ func (k Kind[T]) WatchRaw(ctx context.Context, s *Store, rev int64) (<-chan RawE
 				return
 			}
 			for _, ev := range resp.Events {
+				// A change's revision is the one it was made at: for a delete
+				// too, etcd gives the tombstone the revision of the delete.
+				// (The response header's revision is the store's newest, which
+				// would make a replayed old delete look newer than any list.)
 				e := RawEvent{Name: string(ev.Kv.Key[len(prefix):]), Revision: ev.Kv.ModRevision,
 					Value: ev.Kv.Value, ModRevision: ev.Kv.ModRevision}
 				if ev.Type == clientv3.EventTypeDelete {
-					e.Deleted, e.Revision, e.Value, e.ModRevision = true, resp.Header.Revision, nil, 0
+					e.Deleted, e.Value, e.ModRevision = true, nil, 0
 					if ev.PrevKv != nil {
 						e.Value, e.ModRevision = ev.PrevKv.Value, ev.PrevKv.ModRevision
 					}

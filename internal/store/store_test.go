@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"strings"
@@ -107,5 +108,64 @@ func TestWatchClosesOnCancel(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("watch did not close after cancel")
+	}
+}
+
+// A watch from an old revision replays what happened since with the
+// revision each change was made at: a delete made before a list must not
+// come out newer than the list (it would undo a record created again
+// since, as with instance names reused after a scale to 0 and back).
+func TestWatchReplaysDeletesAtTheirRevision(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	st := openTest(t)
+	_, start, err := Queues.List(ctx, st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	put, err := st.Txn(ctx, Queues.Create("media", api.Queue{Name: "media"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	del, err := st.Txn(ctx, Queues.Delete("media", put))
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := st.Txn(ctx, Queues.Create("media", api.Queue{Name: "media", Concurrency: 2}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Later writes move the store's revision past all of them.
+	for i := range 3 {
+		if _, err := st.Txn(ctx, Queues.PutAny(fmt.Sprintf("other-%d", i), api.Queue{Name: fmt.Sprintf("other-%d", i)})); err != nil {
+			t.Fatal(err)
+		}
+	}
+	raw, rawErrc := Queues.WatchRaw(ctx, st, start)
+	typed, typedErrc := Queues.Watch(ctx, st, start)
+	for i, want := range []struct {
+		deleted  bool
+		revision int64
+	}{{false, put}, {true, del}, {false, again}} {
+		select {
+		case re := <-raw:
+			if re.Name != "media" || re.Deleted != want.deleted || re.Revision != want.revision {
+				t.Errorf("raw event %d: %s deleted %v at %d, want deleted %v at %d", i, re.Name, re.Deleted, re.Revision, want.deleted, want.revision)
+			}
+		case err := <-rawErrc:
+			t.Fatal(err)
+		case <-ctx.Done():
+			t.Fatal("no raw event")
+		}
+		select {
+		case te := <-typed:
+			if te.Name != "media" || te.Deleted != want.deleted || te.Revision != want.revision {
+				t.Errorf("typed event %d: %s deleted %v at %d, want deleted %v at %d", i, te.Name, te.Deleted, te.Revision, want.deleted, want.revision)
+			}
+		case err := <-typedErrc:
+			t.Fatal(err)
+		case <-ctx.Done():
+			t.Fatal("no typed event")
+		}
 	}
 }

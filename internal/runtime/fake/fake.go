@@ -529,3 +529,14 @@ func newID(seq int) string {
 	sum := sha256.Sum256([]byte("fake-container-" + strconv.Itoa(seq)))
 	return hex.EncodeToString(sum[:])
 }
+
+// Vanish removes a container without any event, as a change the agent
+// missed (an engine restarted, an event stream broken) would look to it.
+func (r *Runtime) Vanish(id string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if e := r.lookup(id); e != nil {
+		delete(r.containers, e.c.ID)
+		delete(r.byName, e.c.Name)
+	}
+}
