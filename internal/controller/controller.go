@@ -466,7 +466,7 @@ func (c *Controller) idleApps(ctx context.Context, apps []api.App, byApp map[str
 		if app.Spec.Idle == nil || app.Idled || app.Deleting || !settled(app, byApp[app.Spec.Name]) {
 			continue
 		}
-		since := latest(last[app.Spec.Name], app.Updated, app.WokenAt)
+		since := latest(last[app.Spec.Name], app.Updated, app.WokenAt, lastHealthyStart(byApp[app.Spec.Name]))
 		if now.Sub(since) < app.Spec.Idle.StopAfter.D() {
 			continue
 		}
@@ -499,12 +499,25 @@ func settled(app api.App, insts []api.Instance) bool {
 			return false
 		}
 		switch inst.Status.State {
-		case "", api.StatePending, api.StateStarting:
+		case "", api.StatePending, api.StateStarting, api.StateIdle: // idle: woken, not started yet
 			return false
 		}
 		n++
 	}
 	return n == app.Spec.ReplicaCount()
+}
+
+// lastHealthyStart is when the newest of the healthy instances started: a
+// wake that took a while (a leader elected meanwhile, a slow engine) gets
+// its full stop_after once the app is back, not from the wake request.
+func lastHealthyStart(insts []api.Instance) time.Time {
+	var l time.Time
+	for _, inst := range insts {
+		if inst.Ready() && inst.Status.StartedAt.After(l) {
+			l = inst.Status.StartedAt
+		}
+	}
+	return l
 }
 
 func latest(ts ...time.Time) time.Time {
