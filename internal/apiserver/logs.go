@@ -15,7 +15,8 @@ import (
 // GET /v1/apps/{name}/logs?follow=true&tail=N: the output of all of the
 // app's instances, each line prefixed by its instance. A follow also picks
 // up the containers that start later (a scale-up, a rolling update, a
-// restart), with all of their output, until the client goes away.
+// container made again), with all of their output, until the client goes
+// away; the restarts of a container are its LogSource's to follow.
 func (s *Server) appLogs(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
 	q := r.URL.Query()
@@ -52,18 +53,13 @@ func (s *Server) appLogs(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	var wg sync.WaitGroup
-	streamed := map[string]bool{}   // container id and start time: one stream each
-	containers := map[string]bool{} // container ids streamed
+	streamed := map[string]bool{} // container ids: one stream each, for all of its runs
 	stream := func(inst api.Instance, tail int) {
 		id := inst.Status.ContainerID
-		run := id + "@" + inst.Status.StartedAt.String()
-		if inst.App != name || id == "" || inst.Node == "" || streamed[run] {
+		if inst.App != name || id == "" || inst.Node == "" || streamed[id] {
 			return
 		}
-		if containers[id] {
-			tail = 0 // the same container started again: only what is new
-		}
-		streamed[run], containers[id] = true, true
+		streamed[id] = true
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -104,5 +100,8 @@ func (s *Server) streamInstanceLogs(ctx context.Context, inst api.Instance, foll
 	sc.Buffer(make([]byte, 64*1024), 1024*1024)
 	for sc.Scan() {
 		writeLine(inst.Name, sc.Text())
+	}
+	if err := sc.Err(); err != nil && ctx.Err() == nil {
+		writeLine(inst.Name, fmt.Sprintf("(logs: %v)", err))
 	}
 }

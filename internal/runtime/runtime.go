@@ -89,6 +89,17 @@ type Event struct {
 	Labels      map[string]string
 }
 
+// LogOptions are the rarer choices of a Logs call: they let a follow that
+// has to open a container's log again (after a restart) go on from the
+// last line it passed on.
+type LogOptions struct {
+	// Since keeps only the lines the engine received at or after it.
+	Since time.Time
+	// Timestamps starts each line with the engine's time of it
+	// (RFC 3339, nanoseconds) and a space.
+	Timestamps bool
+}
+
 // Runtime drives one container engine. All methods are safe for concurrent use.
 type Runtime interface {
 	Info(ctx context.Context) (Info, error)
@@ -111,8 +122,9 @@ type Runtime interface {
 	// Exec runs cmd inside the running container and returns its exit code.
 	Exec(ctx context.Context, id string, cmd []string) (int, error)
 	// Logs streams the container's stdout and stderr, demultiplexed, as lines.
-	// tail < 0 means all lines.
-	Logs(ctx context.Context, id string, follow bool, tail int) (io.ReadCloser, error)
+	// tail < 0 means all lines. A follow ends when the container stops.
+	// At most one LogOptions is used.
+	Logs(ctx context.Context, id string, follow bool, tail int, opts ...LogOptions) (io.ReadCloser, error)
 	// Events streams container events for containers carrying the given labels
 	// until ctx ends or the engine connection breaks (then errs yields the error).
 	Events(ctx context.Context, labels map[string]string) (<-chan Event, <-chan error)

@@ -60,22 +60,30 @@ func (s *Store) Client() *clientv3.Client { return s.cli }
 type Kind[T any] struct {
 	prefix  string
 	version func(*T) *int64 // the record's Version field
+	noun    string          // how an error names one: "app named" (+ the name)
 }
 
 var (
-	Apps      = Kind[api.App]{"apps/", func(a *api.App) *int64 { return &a.Version }}
-	Instances = Kind[api.Instance]{"instances/", func(i *api.Instance) *int64 { return &i.Version }}
-	Nodes     = Kind[api.Node]{"nodes/", func(n *api.Node) *int64 { return &n.Version }}
-	Events    = Kind[api.Event]{"events/", func(e *api.Event) *int64 { return &e.Version }}
-	Access    = Kind[api.Access]{"access/", func(a *api.Access) *int64 { return &a.Version }}
-	Routes    = Kind[api.RouteClaim]{"routes/", func(r *api.RouteClaim) *int64 { return &r.Version }}
-	Tasks     = Kind[api.Task]{"tasks/", func(t *api.Task) *int64 { return &t.Version }}
-	Payloads  = Kind[api.TaskPayload]{"payloads/", func(p *api.TaskPayload) *int64 { return &p.Version }}
-	TaskKeys  = Kind[api.TaskKey]{"taskkeys/", func(k *api.TaskKey) *int64 { return &k.Version }}
-	Queues    = Kind[api.Queue]{"queues/", func(q *api.Queue) *int64 { return &q.Version }}
-	Schedules = Kind[api.Schedule]{"schedules/", func(s *api.Schedule) *int64 { return &s.Version }}
-	Tokens    = Kind[api.Token]{"tokens/", func(t *api.Token) *int64 { return &t.Version }}
+	Apps      = Kind[api.App]{"apps/", func(a *api.App) *int64 { return &a.Version }, "app named"}
+	Instances = Kind[api.Instance]{"instances/", func(i *api.Instance) *int64 { return &i.Version }, "instance named"}
+	Nodes     = Kind[api.Node]{"nodes/", func(n *api.Node) *int64 { return &n.Version }, "node named"}
+	Events    = Kind[api.Event]{"events/", func(e *api.Event) *int64 { return &e.Version }, "event"}
+	Access    = Kind[api.Access]{"access/", func(a *api.Access) *int64 { return &a.Version }, "access record of app"}
+	Routes    = Kind[api.RouteClaim]{"routes/", func(r *api.RouteClaim) *int64 { return &r.Version }, "route for host"}
+	Tasks     = Kind[api.Task]{"tasks/", func(t *api.Task) *int64 { return &t.Version }, "task with id"}
+	Payloads  = Kind[api.TaskPayload]{"payloads/", func(p *api.TaskPayload) *int64 { return &p.Version }, "payload of task"}
+	TaskKeys  = Kind[api.TaskKey]{"taskkeys/", func(k *api.TaskKey) *int64 { return &k.Version }, "task with idempotency key"}
+	Queues    = Kind[api.Queue]{"queues/", func(q *api.Queue) *int64 { return &q.Version }, "queue named"}
+	Schedules = Kind[api.Schedule]{"schedules/", func(s *api.Schedule) *int64 { return &s.Version }, "schedule named"}
+	Tokens    = Kind[api.Token]{"tokens/", func(t *api.Token) *int64 { return &t.Version }, "token"}
 )
+
+// notFound is ErrNotFound for one record, worded for the people who
+// asked for it ("no app named web"), not as a key.
+type notFound struct{ noun, name string }
+
+func (e notFound) Error() string        { return "no " + e.noun + " " + e.name }
+func (e notFound) Is(target error) bool { return target == ErrNotFound }
 
 func (k Kind[T]) key(name string) string { return root + k.prefix + name }
 
@@ -103,7 +111,7 @@ func (k Kind[T]) Get(ctx context.Context, s *Store, name string) (T, error) {
 		return zero, fmt.Errorf("get %s%s: %w", k.prefix, name, err)
 	}
 	if len(resp.Kvs) == 0 {
-		return zero, fmt.Errorf("%s%s: %w", k.prefix, name, ErrNotFound)
+		return zero, notFound{k.noun, name}
 	}
 	return k.decode(resp.Kvs[0].Value, resp.Kvs[0].ModRevision)
 }

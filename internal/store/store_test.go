@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -167,5 +168,14 @@ func TestWatchReplaysDeletesAtTheirRevision(t *testing.T) {
 		case <-ctx.Done():
 			t.Fatal("no typed event")
 		}
+	}
+}
+
+// A missing record is named as a user would name it, and is ErrNotFound.
+func TestNotFoundNamesTheRecord(t *testing.T) {
+	st := openTest(t)
+	_, err := Apps.Get(context.Background(), st, "nosuch")
+	if !errors.Is(err, ErrNotFound) || err.Error() != "no app named nosuch" {
+		t.Fatalf("Get of a missing app: %v (is ErrNotFound: %v), want \"no app named nosuch\"", err, errors.Is(err, ErrNotFound))
 	}
 }

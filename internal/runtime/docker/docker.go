@@ -3,6 +3,7 @@
 package docker
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -494,23 +495,59 @@ func (r *Runtime) execExitCode(ctx context.Context, execID string) (int, error) 
 
 // Logs streams stdout and stderr as plain text. Closing the reader (or
 // ending ctx) stops the stream.
-func (r *Runtime) Logs(ctx context.Context, id string, follow bool, tail int) (io.ReadCloser, error) {
+func (r *Runtime) Logs(ctx context.Context, id string, follow bool, tail int, opts ...runtime.LogOptions) (io.ReadCloser, error) {
+	var o runtime.LogOptions
+	if len(opts) > 0 {
+		o = opts[0]
+	}
 	tailArg := "all"
 	if tail >= 0 {
 		tailArg = strconv.Itoa(tail)
 	}
+	since := ""
+	if !o.Since.IsZero() {
+		since = fmt.Sprintf("%d.%09d", o.Since.Unix(), o.Since.Nanosecond())
+	}
 	raw, err := r.cli.ContainerLogs(ctx, id, client.ContainerLogsOptions{
 		ShowStdout: true, ShowStderr: true, Follow: follow, Tail: tailArg,
+		Since: since, Timestamps: o.Timestamps,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("logs %s: %w", short(id), notFound(err))
 	}
 	pr, pw := io.Pipe()
 	go func() {
-		_, err := stdcopy.StdCopy(pw, pw, raw)
+		var stdout, stderr io.Writer = pw, pw
+		if o.Timestamps {
+			stdout, stderr = &pieceStamps{w: pw}, &pieceStamps{w: pw}
+		}
+		_, err := stdcopy.StdCopy(stdout, stderr, raw)
 		pw.CloseWithError(err) // nil: readers see io.EOF
 	}()
 	return &logStream{PipeReader: pr, raw: raw}, nil
+}
+
+// pieceStamps keeps one timestamp per line. The engine cuts lines longer
+// than 16 KiB into pieces and stamps each piece: the stamps of a line's
+// later pieces are dropped. StdCopy writes each piece (one frame) with one
+// Write.
+type pieceStamps struct {
+	w       io.Writer
+	midLine bool // the last piece did not end its line
+}
+
+func (p *pieceStamps) Write(b []byte) (int, error) {
+	piece := b
+	if p.midLine {
+		if _, rest, ok := bytes.Cut(piece, []byte(" ")); ok {
+			piece = rest
+		}
+	}
+	p.midLine = len(b) > 0 && b[len(b)-1] != '\n'
+	if _, err := p.w.Write(piece); err != nil {
+		return 0, err
+	}
+	return len(b), nil
 }
 
 // logStream is the demultiplexed side of a log stream.

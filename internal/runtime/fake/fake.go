@@ -379,8 +379,9 @@ func (r *Runtime) Wait(ctx context.Context, id string) (runtime.Container, error
 }
 
 // Logs returns the lines given to Log (the last tail ones when tail >= 0).
-// follow is ignored: the stream ends after the lines present now.
-func (r *Runtime) Logs(ctx context.Context, id string, follow bool, tail int) (io.ReadCloser, error) {
+// follow is ignored: the stream ends after the lines present now; so are
+// opts (the fake keeps no times of lines).
+func (r *Runtime) Logs(ctx context.Context, id string, follow bool, tail int, opts ...runtime.LogOptions) (io.ReadCloser, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
