@@ -122,8 +122,11 @@ type TaskReport struct {
 	// Platform marks a failure that is not the task's: the engine failed,
 	// the container vanished. Such attempts are retried without using up
 	// the task's retries. A missing image is not one: it fails the task.
-	Platform     bool  `json:"platform,omitempty"`
-	ImageMissing bool  `json:"image_missing,omitempty"`
+	Platform     bool `json:"platform,omitempty"`
+	ImageMissing bool `json:"image_missing,omitempty"`
+	// ConfigError: the engine refused the container's configuration, which
+	// no retry can change; the task fails at once with Error.
+	ConfigError  bool  `json:"config_error,omitempty"`
 	LogBytes     int64 `json:"log_bytes,omitempty"`
 	LogTruncated bool  `json:"log_truncated,omitempty"`
 }

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"berth/api"
@@ -167,6 +168,8 @@ func (r *taskRunner) create(ctx context.Context, t api.Task, a api.Attempt) (run
 		id = c.ID
 	case errors.Is(err, runtime.ErrImageNotFound):
 		return runtime.Container{}, imageMissing(t, a)
+	case errors.Is(err, runtime.ErrInvalidSpec):
+		return runtime.Container{}, configRefused(t, a, err)
 	case err != nil:
 		if ctx.Err() != nil {
 			return runtime.Container{}, nil
@@ -325,6 +328,25 @@ func imageMissing(t api.Task, a api.Attempt) *api.TaskReport {
 	rep.State, rep.ImageMissing, rep.Ended = api.TaskFailed, true, time.Now()
 	rep.Error = fmt.Sprintf("image %s is not present and could not be pulled", t.Spec.Image)
 	return &rep
+}
+
+// configRefused is the end of an attempt whose container the engine
+// refused to create as configured: the task fails at once, with the
+// engine's own words, since every retry would be refused the same way.
+func configRefused(t api.Task, a api.Attempt, err error) *api.TaskReport {
+	rep := report(t, a)
+	rep.State, rep.ConfigError, rep.Ended = api.TaskFailed, true, time.Now()
+	rep.Error = runtime.ErrInvalidSpec.Error() + ": " + engineMessage(err)
+	return &rep
+}
+
+// engineMessage is what the engine said, without the runtime's wrapping.
+func engineMessage(err error) string {
+	msg := err.Error()
+	if _, after, ok := strings.Cut(msg, runtime.ErrInvalidSpec.Error()+": "); ok {
+		msg = after
+	}
+	return strings.TrimPrefix(msg, "Error response from daemon: ")
 }
 
 func isClosed(ch chan struct{}) bool {

@@ -32,6 +32,10 @@ var ErrConflict = errors.New("container name already in use")
 // ErrNotFound means the container does not exist (any more).
 var ErrNotFound = errors.New("container not found")
 
+// ErrInvalidSpec means the engine refused the container's configuration
+// (Docker answers 400, invalid parameter): creating it again cannot work.
+var ErrInvalidSpec = errors.New("the engine refused the container's configuration")
+
 // Info describes the engine's host.
 type Info struct {
 	CPUs        int   // logical CPUs

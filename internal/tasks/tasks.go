@@ -115,10 +115,14 @@ func Apply(t *api.Task, r api.TaskReport, now time.Time) error {
 	case r.State == api.TaskCancelled || t.CancelRequested:
 		a.State = api.TaskCancelled
 		end(t, api.TaskCancelled, "cancelled while running", now)
-	case r.ImageMissing:
+	case r.ImageMissing || r.ConfigError: // no retry can fix these
 		msg := r.Error
-		if msg == "" {
+		switch {
+		case msg != "":
+		case r.ImageMissing:
 			msg = fmt.Sprintf("image %s is missing", t.Spec.Image)
+		default:
+			msg = "the engine refused the container's configuration"
 		}
 		end(t, api.TaskFailed, msg, now)
 	case r.Platform || r.State == api.AttemptLost:

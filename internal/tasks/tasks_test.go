@@ -69,6 +69,13 @@ func TestApply(t *testing.T) {
 		{"image missing fails at once", 5, []step{
 			assign, {report: &api.TaskReport{State: api.TaskFailed, ImageMissing: true, Error: "image berth/nope:1 not found"}, state: api.TaskFailed},
 		}, "image berth/nope:1 not found"},
+		{"configuration refused by the engine fails at once, retries left", 5, []step{
+			assign, {report: &api.TaskReport{State: api.TaskFailed, ConfigError: true,
+				Error: "the engine refused the container's configuration: Minimum memory limit allowed is 6MB"}, state: api.TaskFailed},
+		}, "the engine refused the container's configuration: Minimum memory limit allowed is 6MB"},
+		{"configuration refused, no message", 2, []step{
+			assign, {report: &api.TaskReport{State: api.TaskFailed, ConfigError: true}, state: api.TaskFailed},
+		}, "the engine refused the container's configuration"},
 		{"cancel while running", 3, []step{
 			assign,
 			{cancel: true, state: api.TaskRunning},

@@ -174,11 +174,12 @@ func (c *imageCache) finish(ref string, call *imageCall) {
 
 // Create creates (but does not start) the container. A name already in use
 // returns an error wrapping ErrConflict; a missing image one wrapping
-// runtime.ErrImageNotFound.
+// runtime.ErrImageNotFound; a configuration the engine refuses (400) one
+// wrapping runtime.ErrInvalidSpec.
 func (r *Runtime) Create(ctx context.Context, spec runtime.ContainerSpec) (string, error) {
 	opts, err := createOptions(spec)
 	if err != nil {
-		return "", fmt.Errorf("create %s: %w", spec.Name, err)
+		return "", fmt.Errorf("create %s: %w: %w", spec.Name, runtime.ErrInvalidSpec, err)
 	}
 	res, err := r.cli.ContainerCreate(ctx, opts)
 	switch {
@@ -188,6 +189,8 @@ func (r *Runtime) Create(ctx context.Context, spec runtime.ContainerSpec) (strin
 		return "", fmt.Errorf("create %s: %w: %w", spec.Name, ErrConflict, err)
 	case cerrdefs.IsNotFound(err):
 		return "", fmt.Errorf("create %s: image %s: %w: %w", spec.Name, spec.Image, runtime.ErrImageNotFound, err)
+	case cerrdefs.IsInvalidArgument(err):
+		return "", fmt.Errorf("create %s: %w: %w", spec.Name, runtime.ErrInvalidSpec, err)
 	default:
 		return "", fmt.Errorf("create %s: %w", spec.Name, err)
 	}

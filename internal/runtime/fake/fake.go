@@ -43,6 +43,7 @@ type Runtime struct {
 	images     map[string]bool // nil: every image exists
 	exec       func(id string, cmd []string) int
 	run        RunFunc
+	refuse     func(runtime.ContainerSpec) error
 	info       runtime.Info
 	subs       map[*subscriber]struct{}
 }
@@ -99,6 +100,15 @@ func (r *Runtime) SetRun(f RunFunc) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.run = f
+}
+
+// SetRefuse makes Create refuse the specs f returns an error for, as the
+// engine refuses a configuration it cannot run (the error wraps
+// runtime.ErrInvalidSpec). By default only relative bind mounts are refused.
+func (r *Runtime) SetRefuse(f func(spec runtime.ContainerSpec) error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.refuse = f
 }
 
 // SetInfo sets what Info returns.
@@ -191,6 +201,17 @@ func (r *Runtime) checkImage(ref string) error {
 	return nil
 }
 
+// checkSpec refuses a bind mount of a relative path, as the Docker engine
+// does (with 400, in these words).
+func checkSpec(spec runtime.ContainerSpec) error {
+	for _, m := range spec.Mounts {
+		if !strings.HasPrefix(m.Source, "/") {
+			return fmt.Errorf("invalid mount config for type \"bind\": invalid mount path: '%s' mount path must be absolute", m.Source)
+		}
+	}
+	return nil
+}
+
 // List returns the containers carrying all labels, newest first (as Docker).
 func (r *Runtime) List(ctx context.Context, labels map[string]string) ([]runtime.Container, error) {
 	if err := ctx.Err(); err != nil {
@@ -228,6 +249,13 @@ func (r *Runtime) Create(ctx context.Context, spec runtime.ContainerSpec) (strin
 	defer r.mu.Unlock()
 	if err := r.checkImage(spec.Image); err != nil {
 		return "", fmt.Errorf("create %s: %w", spec.Name, err)
+	}
+	refuse := r.refuse
+	if refuse == nil {
+		refuse = checkSpec
+	}
+	if err := refuse(spec); err != nil {
+		return "", fmt.Errorf("create %s: %w: %w", spec.Name, runtime.ErrInvalidSpec, err)
 	}
 	r.seq++
 	id := newID(r.seq)
