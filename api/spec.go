@@ -232,7 +232,7 @@ func (s *AppSpec) Validate(maxMemory Bytes) error {
 	case s.Resources.Memory < MinMemory:
 		return fieldErr("resources.memory", "%s is below the minimum of %s", s.Resources.Memory, Bytes(MinMemory))
 	case maxMemory > 0 && s.Resources.Memory > maxMemory:
-		return fieldErr("resources.memory", "%s is more than any node has (largest: %s)", s.Resources.Memory, maxMemory)
+		return fieldErr("resources.memory", "%s is more than any node has (largest: %s)", s.Resources.Memory, maxMemory.Human())
 	case s.Resources.Pids < 1 || s.Resources.Pids > 1<<22:
 		return fieldErr("resources.pids", "%d is out of range 1-%d", s.Resources.Pids, 1<<22)
 	case s.StopGrace != nil && (*s.StopGrace < 0 || s.StopGrace.D() > time.Hour):

@@ -116,6 +116,13 @@ type Instance struct {
 	Created    time.Time `json:"created"`
 	Status     Status    `json:"status"`
 	Version    int64     `json:"version,omitempty"`
+
+	// Attempt counts the instances in a row that held this one's place
+	// and were replaced without ever becoming healthy, this one included
+	// (0 or 1: the first). NotBefore holds its placement back meanwhile:
+	// the replacement backoff.
+	Attempt   int       `json:"attempt,omitempty"`
+	NotBefore time.Time `json:"not_before,omitempty"`
 }
 
 // Status is what the agent reports about an instance.
@@ -134,6 +141,9 @@ type Status struct {
 	Replace          bool      `json:"replace,omitempty"`   // unhealthy past its retries: the server replaces it
 	StartedAt        time.Time `json:"started_at,omitempty"`
 	Updated          time.Time `json:"updated,omitempty"`
+
+	// EverHealthy: the instance has been healthy at least once.
+	EverHealthy bool `json:"ever_healthy,omitempty"`
 }
 
 // Ready reports whether the instance is wanted, running and healthy.

@@ -18,7 +18,7 @@ import (
 func deployCmd(g *globals) *cobra.Command {
 	var file string
 	var detach bool
-	var timeout time.Duration
+	var timeout, deadline time.Duration
 	cmd := &cobra.Command{
 		Use:   "deploy -f app.yaml",
 		Short: "Create or update an app from its spec, and follow the rollout",
@@ -26,8 +26,16 @@ func deployCmd(g *globals) *cobra.Command {
 stores it as a new revision; berth then places, starts and health-checks the
 instances, replacing old ones one at a time when the template changed.
 
+A spec that names replicas sets them; one that omits them keeps the app's
+current number (say, from 'berth scale'), and 1 for a new app.
+
 deploy prints the rollout's progress until every instance is healthy at the
-new revision (exit 0) or the rollout fails (non-zero, with the reason).`,
+new revision (exit 0) or the rollout fails (non-zero, with the reason): an
+instance that cannot start or be placed, one that keeps exiting, or no
+progress for 2 minutes (longer when the health check's start_period and
+retries give an instance longer), as when the new revision never gets
+healthy. berth goes on trying in the background; fix the spec and deploy
+again.`,
 		Example: "  berth deploy -f examples/hello.yaml\n  berth deploy -f app.yaml --detach",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -72,26 +80,53 @@ new revision (exit 0) or the rollout fails (non-zero, with the reason).`,
 			if app.Revision == before.Revision {
 				fmt.Fprintf(cmd.OutOrStdout(), "%s: unchanged (revision %d)\n", spec.Name, app.Revision)
 			} else {
-				fmt.Fprintf(cmd.OutOrStdout(), "%s: revision %d accepted (%s, %d replicas)\n", spec.Name, app.Revision, app.Spec.Image, app.Spec.ReplicaCount())
+				fmt.Fprintf(cmd.OutOrStdout(), "%s: revision %d accepted (%s, %s)\n", spec.Name, app.Revision, app.Spec.Image,
+					replicasLine(before, app, spec.Replicas != nil))
 			}
 			if detach {
 				return nil
 			}
-			return follow(ctx, cl, cmd.OutOrStdout(), spec.Name, since, false, timeout)
+			return follow(ctx, cl, cmd.OutOrStdout(), spec.Name, since, false, timeout, deadline)
 		},
 	}
 	cmd.Flags().StringVarP(&file, "file", "f", "", "app spec file (YAML or JSON; - for stdin)")
 	cmd.Flags().BoolVarP(&detach, "detach", "d", false, "return once the spec is accepted")
 	cmd.Flags().DurationVar(&timeout, "timeout", 5*time.Minute, "give up following after this long")
+	progressDeadlineFlag(cmd, &deadline)
 	return cmd
+}
+
+// progressDeadlineFlag is the hidden --progress-deadline, which overrides
+// the fixed one for the tests (a spec field will replace it).
+func progressDeadlineFlag(cmd *cobra.Command, d *time.Duration) {
+	cmd.Flags().DurationVar(d, "progress-deadline", 0, "fail when the rollout makes no progress for this long (default: 2m, see --help)")
+	_ = cmd.Flags().MarkHidden("progress-deadline")
+}
+
+// replicasLine says how many replicas a deploy leaves, and why when it
+// changes them or keeps a number the spec does not name.
+func replicasLine(before, after api.App, named bool) string {
+	was, now := before.Spec.ReplicaCount(), after.Spec.ReplicaCount()
+	switch {
+	case before.Revision == 0:
+		return fmt.Sprintf("%d replicas", now)
+	case !named:
+		return fmt.Sprintf("%d replicas, kept: the spec names none", now)
+	case was != now:
+		return fmt.Sprintf("replicas %d -> %d, from the spec", was, now)
+	}
+	return fmt.Sprintf("%d replicas", now)
 }
 
 func scaleCmd(g *globals) *cobra.Command {
 	var detach bool
-	var timeout time.Duration
+	var timeout, deadline time.Duration
 	cmd := &cobra.Command{
-		Use:     "scale APP REPLICAS",
-		Short:   "Change the number of an app's instances",
+		Use:   "scale APP REPLICAS",
+		Short: "Change the number of an app's instances",
+		Long: `Set the number of an app's instances and follow until that many are healthy
+(exit 0), or fail as deploy does (see 'berth deploy --help'). The number
+holds until a spec that names replicas is deployed.`,
 		Example: "  berth scale hello 5",
 		Args:    cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -115,11 +150,12 @@ func scaleCmd(g *globals) *cobra.Command {
 			if detach {
 				return nil
 			}
-			return follow(cmd.Context(), cl, cmd.OutOrStdout(), args[0], since, false, timeout)
+			return follow(cmd.Context(), cl, cmd.OutOrStdout(), args[0], since, false, timeout, deadline)
 		},
 	}
 	cmd.Flags().BoolVarP(&detach, "detach", "d", false, "return once the change is accepted")
 	cmd.Flags().DurationVar(&timeout, "timeout", 5*time.Minute, "give up following after this long")
+	progressDeadlineFlag(cmd, &deadline)
 	return cmd
 }
 
@@ -146,7 +182,7 @@ func rmCmd(g *globals) *cobra.Command {
 			if detach {
 				return nil
 			}
-			return follow(cmd.Context(), cl, cmd.OutOrStdout(), args[0], since, true, timeout)
+			return follow(cmd.Context(), cl, cmd.OutOrStdout(), args[0], since, true, timeout, 0)
 		},
 	}
 	cmd.Flags().BoolVarP(&detach, "detach", "d", false, "return once removal has begun")
@@ -182,8 +218,11 @@ func appsCmd(g *globals) *cobra.Command {
 			fmt.Fprintln(tw, "NAME\tIMAGE\tREADY\tREVISION\tPORT\tUPDATED")
 			for _, a := range apps.Items {
 				ready := fmt.Sprintf("%d/%d", healthy[a.Spec.Name], a.Spec.ReplicaCount())
-				if a.Deleting {
+				switch {
+				case a.Deleting:
 					ready = "removing"
+				case a.Idled:
+					ready += " idle" // scaled to zero; the next request wakes it
 				}
 				port := "-"
 				if a.Spec.Port > 0 {

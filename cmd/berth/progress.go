@@ -14,6 +14,7 @@ import (
 type rollout struct {
 	want, current, healthy, old, stopping int
 	failed                                string // why the rollout cannot finish, if it cannot
+	problem                               string // what holds back an instance of the new revision, if anything does
 }
 
 func (r rollout) String() string {
@@ -37,6 +38,8 @@ func assess(app api.App, insts []api.Instance) rollout {
 			r.current++
 			if inst.Ready() {
 				r.healthy++
+			} else if p := problem(inst); p != "" && r.problem == "" {
+				r.problem = p
 			}
 			if r.failed != "" {
 				continue
@@ -46,7 +49,8 @@ func assess(app api.App, insts []api.Instance) rollout {
 				r.failed = fmt.Sprintf("%s failed: %s", inst.Name, inst.Status.Error)
 			case inst.Status.Restarts >= 3 && !inst.Status.Healthy:
 				r.failed = fmt.Sprintf("%s keeps exiting (%d restarts, last exit code %s): %s", inst.Name, inst.Status.Restarts, exitCodeString(inst.Status.ExitCode), inst.Status.Error)
-			case inst.Node == "" && inst.Reason != "":
+			case inst.Node == "" && inst.Reason != "" && inst.NotBefore.IsZero():
+				// (One with a NotBefore waits for its replacement backoff.)
 				r.failed = fmt.Sprintf("%s cannot be placed: %s", inst.Name, inst.Reason)
 			}
 		}
@@ -54,16 +58,78 @@ func assess(app api.App, insts []api.Instance) rollout {
 	return r
 }
 
+// problem is the last error of an instance that is not ready (a failed
+// health check, an exit), with how many in a row before it in its place
+// were replaced without ever becoming healthy.
+func problem(inst api.Instance) string {
+	if inst.Status.Error == "" {
+		return ""
+	}
+	p := fmt.Sprintf("%s is %s: %s", inst.Name, inst.Status.State, inst.Status.Error)
+	if inst.Attempt > 1 {
+		p += fmt.Sprintf(" (attempt %d: the %d instances before it never became healthy either)", inst.Attempt, inst.Attempt-1)
+	}
+	return p
+}
+
+// progress remembers the best a rollout has been, to tell when it last
+// got closer to done: more healthy at the new revision, fewer old or
+// stopping ones, the number of instances nearer the replicas. A sick
+// instance replaced again and again does none of these.
+type progress struct {
+	want, healthy, old, stopping, gap int
+	at                                time.Time // of the last progress
+}
+
+// note records r, seen at now.
+func (p *progress) note(r rollout, now time.Time) {
+	gap := abs(r.current - r.want)
+	if p.at.IsZero() || r.want != p.want {
+		*p = progress{want: r.want, healthy: r.healthy, old: r.old, stopping: r.stopping, gap: gap, at: now}
+		return
+	}
+	if r.healthy > p.healthy || r.old < p.old || r.stopping < p.stopping || gap < p.gap {
+		p.at = now
+	}
+	p.healthy, p.old, p.stopping, p.gap = max(p.healthy, r.healthy), min(p.old, r.old), min(p.stopping, r.stopping), min(p.gap, gap)
+}
+
+func abs(n int) int {
+	if n < 0 {
+		return -n
+	}
+	return n
+}
+
+// defaultProgressDeadline is how long a deploy or scale follows a rollout
+// that makes no progress before it gives up with an error: the rollout
+// cannot finish on its own, and berth would go on replacing instances
+// that never get healthy.
+const defaultProgressDeadline = 2 * time.Minute
+
+// progressDeadline is the default, or, when the app's health check gives
+// an instance longer before it is replaced (start_period, then twice
+// retries failed checks), twice that.
+func progressDeadline(spec api.AppSpec) time.Duration {
+	d := defaultProgressDeadline
+	if h := spec.Health; h != nil && h.StartPeriod != nil && h.Interval != nil {
+		d = max(d, 2*(h.StartPeriod.D()+time.Duration(2*h.Retries)*h.Interval.D()))
+	}
+	return d
+}
+
 // follow prints the app's events until its instances match the spec
-// (or it is gone, when gone is set), or the rollout fails or times out.
-func follow(ctx context.Context, cl *client.Client, out io.Writer, name string, since int64, gone bool, timeout time.Duration) error {
+// (or it is gone, when gone is set), or the rollout fails, makes no
+// progress for deadline (0: see progressDeadline), or times out.
+func follow(ctx context.Context, cl *client.Client, out io.Writer, name string, since int64, gone bool, timeout, deadline time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	events, _ := cl.WatchEvents(ctx, name, since)
 	tick := time.NewTicker(500 * time.Millisecond)
 	defer tick.Stop()
 	start := time.Now()
-	lastLine := ""
+	lastLine, lastProblem := "", ""
+	var prog progress
 	for {
 		select {
 		case ev, ok := <-events:
@@ -109,6 +175,9 @@ func follow(ctx context.Context, cl *client.Client, out io.Writer, name string, 
 		}
 		r := assess(app, insts.Items)
 		lastLine = r.String()
+		if r.problem != "" {
+			lastProblem = r.problem
+		}
 		if r.done() {
 			fmt.Fprintf(out, "%s: %d/%d healthy at revision %d in %s\n", name, r.healthy, r.want, app.Revision, time.Since(start).Round(10*time.Millisecond))
 			return nil
@@ -116,7 +185,26 @@ func follow(ctx context.Context, cl *client.Client, out io.Writer, name string, 
 		if r.failed != "" {
 			return fmt.Errorf("rollout of %s failed: %s", name, r.failed)
 		}
+		now := time.Now()
+		prog.note(r, now)
+		limit := deadline
+		if limit == 0 {
+			limit = progressDeadline(app.Spec)
+		}
+		if now.Sub(prog.at) >= limit {
+			return stalled(name, limit, r, lastProblem)
+		}
 	}
+}
+
+// stalled is the error of a rollout without progress for its deadline.
+func stalled(name string, limit time.Duration, r rollout, problem string) error {
+	why := ""
+	if problem != "" {
+		why = ": " + problem
+	}
+	return fmt.Errorf("rollout of %s failed: no progress for %s (%s)%s; berth keeps trying, replacing what does not get healthy with a backoff: see 'berth ps %s' and 'berth logs %s'",
+		name, limit, r, why, name, name)
 }
 
 func printEvent(out io.Writer, e api.Event, start time.Time) {

@@ -644,6 +644,6 @@ func statusEqual(a, b api.Status) bool {
 	codeEq := (a.ExitCode == nil) == (b.ExitCode == nil) && (a.ExitCode == nil || *a.ExitCode == *b.ExitCode)
 	a.ExitCode, b.ExitCode = nil, nil
 	return codeEq && a.State == b.State && a.Healthy == b.Healthy && a.ContainerID == b.ContainerID &&
-		a.Address == b.Address && a.ContainerAddress == b.ContainerAddress && a.Restarts == b.Restarts && a.Error == b.Error && a.Replace == b.Replace &&
+		a.Address == b.Address && a.ContainerAddress == b.ContainerAddress && a.Restarts == b.Restarts && a.Error == b.Error && a.Replace == b.Replace && a.EverHealthy == b.EverHealthy &&
 		a.StartedAt.Equal(b.StartedAt)
 }

@@ -19,6 +19,18 @@ const (
 	startupFastPeriod = 2 * time.Second
 )
 
+// Without a health check, an instance is healthy once its container has
+// run this long; after a crash (a run shorter than stableRun) twice as
+// long per crash in a row, at most stableRun: a crash loop never counts.
+// A variable for the package's tests, which use a shorter one.
+var uncheckedStable = 5 * time.Second
+
+// uncheckedUptime is how long a container without a health check must
+// run to be healthy, after crashes short runs in a row.
+func uncheckedUptime(crashes int) time.Duration {
+	return min(uncheckedStable<<min(max(crashes, 0), 8), stableRun)
+}
+
 func (l *local) probing(containerID string) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -37,34 +49,73 @@ func (l *local) stopProbe() {
 // startProbe runs the instance's health check against one container until
 // the container changes. healthy is the state to start from (true when a
 // healthy container is adopted, so that it does not flap).
+//
+// It runs on the instance's worker, which alone changes l.crashes.
 func (a *Agent) startProbe(ctx context.Context, inst api.Instance, l *local, containerID, address string, healthy bool) {
 	l.stopProbe()
 	pctx, cancel := context.WithCancel(ctx)
 	l.mu.Lock()
 	l.probeCancel, l.probeFor = cancel, containerID
+	startedAt := l.status.StartedAt
 	l.mu.Unlock()
+	if inst.Spec.Health == nil {
+		go a.watchUnchecked(pctx, inst, l, containerID, startedAt, uncheckedUptime(l.crashes), healthy)
+		return
+	}
 	go a.probeLoop(pctx, inst, l, containerID, address, healthy)
+}
+
+// reportHealth applies a change of health unless the prober of
+// containerID was stopped meanwhile.
+func (a *Agent) reportHealth(ctx context.Context, name string, l *local, containerID string, change func(*api.Status)) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if ctx.Err() != nil || l.probeFor != containerID {
+		return
+	}
+	st := l.status
+	change(&st)
+	if err := a.reportLocked(ctx, name, l, st); err != nil && ctx.Err() == nil {
+		a.Log.Warn("report health", "instance", name, "err", err)
+	}
+}
+
+// watchUnchecked makes an instance without a health check healthy once
+// its container has stayed up for uptime since startedAt (the same
+// start: a restart is another container run, with a prober of its own).
+func (a *Agent) watchUnchecked(ctx context.Context, inst api.Instance, l *local, containerID string, startedAt time.Time, uptime time.Duration, healthy bool) {
+	for !healthy {
+		wait := uptime
+		if !startedAt.IsZero() {
+			wait = min(max(uptime-time.Since(startedAt), 0), uptime)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+		c, err := a.Runtime.Inspect(ctx, containerID)
+		switch {
+		case ctx.Err() != nil:
+			return
+		case err != nil:
+			// The engine may be away a moment: look again, the uptime is met.
+			a.Log.Warn("inspect container for its uptime", "instance", inst.Name, "err", err)
+			uptime, startedAt = time.Second, time.Time{}
+			continue
+		case !c.Running || !startedAt.IsZero() && !c.StartedAt.Equal(startedAt):
+			return // exited or restarted meanwhile: the agent counts that
+		}
+		healthy = true
+	}
+	a.reportHealth(ctx, inst.Name, l, containerID, func(st *api.Status) {
+		st.State, st.Healthy, st.EverHealthy, st.Error = api.StateRunning, true, true, ""
+	})
 }
 
 func (a *Agent) probeLoop(ctx context.Context, inst api.Instance, l *local, containerID, address string, healthy bool) {
 	h := inst.Spec.Health
-	// report applies a change of health unless the prober was stopped meanwhile.
-	report := func(change func(*api.Status)) {
-		l.mu.Lock()
-		defer l.mu.Unlock()
-		if ctx.Err() != nil || l.probeFor != containerID {
-			return
-		}
-		st := l.status
-		change(&st)
-		if err := a.reportLocked(ctx, inst.Name, l, st); err != nil && ctx.Err() == nil {
-			a.Log.Warn("report health", "instance", inst.Name, "err", err)
-		}
-	}
-	if h == nil { // nothing to check: running is healthy
-		report(func(st *api.Status) { st.State, st.Healthy, st.Error = api.StateRunning, true, "" })
-		return
-	}
+	report := func(change func(*api.Status)) { a.reportHealth(ctx, inst.Name, l, containerID, change) }
 	started := time.Now()
 	startDeadline := started.Add(h.StartPeriod.D())
 	everHealthy := healthy
@@ -95,7 +146,7 @@ func (a *Agent) probeLoop(ctx context.Context, inst api.Instance, l *local, cont
 			if !healthy {
 				healthy = true
 				report(func(st *api.Status) {
-					st.State, st.Healthy, st.Replace, st.Error = api.StateRunning, true, false, ""
+					st.State, st.Healthy, st.EverHealthy, st.Replace, st.Error = api.StateRunning, true, true, false, ""
 				})
 			}
 			continue

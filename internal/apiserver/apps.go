@@ -64,6 +64,7 @@ func (s *Server) putApp(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "name", "name: %q does not match the URL's %q", spec.Name, name)
 		return
 	}
+	named := spec.Replicas != nil // a spec without replicas keeps the current count
 	spec.Default()
 	maxMem, err := s.largestNodeMemory(r)
 	if err != nil {
@@ -110,6 +111,9 @@ func (s *Server) putApp(w http.ResponseWriter, r *http.Request) {
 			writeError(w, http.StatusConflict, "name", "app %s is being removed; deploy again once it is gone", name)
 			return
 		}
+		if !named {
+			spec.Replicas = old.Spec.Replicas
+		}
 		if reflect.DeepEqual(old.Spec, spec) {
 			writeJSON(w, http.StatusOK, old) // unchanged: no new revision
 			return
@@ -118,10 +122,10 @@ func (s *Server) putApp(w http.ResponseWriter, r *http.Request) {
 		app.Spec = spec
 		app.Revision++
 		app.Updated = now
-		msg := fmt.Sprintf("revision %d: %d replicas", app.Revision, spec.ReplicaCount())
+		msg := fmt.Sprintf("revision %d: %s", app.Revision, replicasChange(old.Spec.ReplicaCount(), spec.ReplicaCount(), named))
 		if !api.SameTemplate(old.Spec, spec) {
 			app.TemplateRevision = app.Revision
-			msg = fmt.Sprintf("revision %d: %s, %d replicas, rolling update", app.Revision, spec.Image, spec.ReplicaCount())
+			msg = fmt.Sprintf("revision %d: %s, %s, rolling update", app.Revision, spec.Image, replicasChange(old.Spec.ReplicaCount(), spec.ReplicaCount(), named))
 		}
 		routeOps, ok := s.claimRoutes(w, r, name, old.Spec.Routes, spec.Routes)
 		if !ok {
@@ -144,6 +148,19 @@ func (s *Server) putApp(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, app)
 		return
 	}
+}
+
+// replicasChange says what a deploy does to the number of replicas: a
+// spec that names replicas sets it, one that omits it keeps the count
+// (which `berth scale` may have changed).
+func replicasChange(was, now int, named bool) string {
+	switch {
+	case !named:
+		return fmt.Sprintf("%d replicas (kept: the spec names none)", now)
+	case was != now:
+		return fmt.Sprintf("replicas %d -> %d, from the spec", was, now)
+	}
+	return fmt.Sprintf("%d replicas", now)
 }
 
 // claimRoutes returns the ops that move an app's host claims from old to

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"sort"
+	"strings"
 	"time"
 
 	"berth/api"
@@ -105,27 +106,34 @@ func validState(s string) bool {
 	return false
 }
 
-// StatusEvents names what changed between two reports of an instance.
+// StatusEvents names what changed between two reports of an instance, in
+// the order it happened: an exit, then the restart after its backoff.
 func StatusEvents(inst api.Instance, old api.Status) []api.Event {
 	st := inst.Status
 	ev := func(kind, format string, args ...any) api.Event {
 		return api.Event{Kind: kind, App: inst.App, Instance: inst.Name, Node: inst.Node, Message: fmt.Sprintf(format, args...)}
 	}
 	var out []api.Event
-	if st.Restarts > old.Restarts {
-		out = append(out, ev("restarted", "restart %d after exit code %s", st.Restarts, exitCode(st.ExitCode)))
+	restarted := st.Restarts > old.Restarts
+	if restarted && st.State != api.StateExited && old.State != api.StateExited {
+		// The report of the exit itself was missed (say, the agent could not
+		// reach the server then): say it now, before what followed.
+		out = append(out, ev("exited", "%s", exitMessage(st)))
 	}
 	if st.State == old.State && st.ContainerID == old.ContainerID && st.Healthy == old.Healthy && st.Error == old.Error {
 		return out
 	}
 	switch st.State {
 	case api.StateStarting:
-		if old.State != api.StateStarting || st.ContainerID != old.ContainerID {
-			out = append(out, ev("started", "container %s at %s", short(st.ContainerID), st.Address))
+		switch {
+		case old.State == api.StateExited && st.ContainerID == old.ContainerID || restarted:
+			out = append(out, ev("restarted", "restart %d after exit code %s%s", st.Restarts, exitCode(st.ExitCode), at(st.Address)))
+		case old.State != api.StateStarting || st.ContainerID != old.ContainerID:
+			out = append(out, ev("started", "container %s%s", short(st.ContainerID), at(st.Address)))
 		}
 	case api.StateRunning:
 		if !old.Healthy || old.State != api.StateRunning {
-			out = append(out, ev("healthy", "answering at %s", st.Address))
+			out = append(out, ev("healthy", "%s", healthyMessage(inst)))
 		}
 	case api.StateUnhealthy:
 		if old.State != api.StateUnhealthy || st.Replace != old.Replace {
@@ -137,7 +145,7 @@ func StatusEvents(inst api.Instance, old api.Status) []api.Event {
 		}
 	case api.StateExited:
 		if old.State != api.StateExited {
-			out = append(out, ev("exited", "exit code %s%s", exitCode(st.ExitCode), suffix(st.Error)))
+			out = append(out, ev("exited", "%s", exitMessage(st)))
 		}
 	case api.StateFailed:
 		if old.State != api.StateFailed || st.Error != old.Error {
@@ -145,6 +153,36 @@ func StatusEvents(inst api.Instance, old api.Status) []api.Event {
 		}
 	}
 	return out
+}
+
+// exitMessage is the exit code and the agent's word on it, which says
+// when it restarts ("exited with code 1; restarting in 2s").
+func exitMessage(st api.Status) string {
+	code := exitCode(st.ExitCode)
+	if strings.HasPrefix(st.Error, "exited with code "+code) {
+		return st.Error
+	}
+	return "exit code " + code + suffix(st.Error)
+}
+
+// healthyMessage says where a healthy instance answers, or, without a
+// port, that it runs.
+func healthyMessage(inst api.Instance) string {
+	switch {
+	case inst.Status.Address != "":
+		return "answering at " + inst.Status.Address
+	case inst.Spec.Health == nil:
+		return "running (no health check: up long enough without a restart)"
+	}
+	return "health check passed"
+}
+
+// at is " at ADDRESS", or nothing for an instance without a port.
+func at(address string) string {
+	if address == "" {
+		return ""
+	}
+	return " at " + address
 }
 
 func exitCode(c *int) string {

@@ -41,6 +41,7 @@ type Controller struct {
 	turn      int               // the apps planned anyway go round (see planAnyway)
 	more      bool              // the last pass left new instances for the next
 	wrote     bool              // the last pass wrote something
+	wakeAt    time.Time         // the earliest end of a replacement backoff left waiting; zero: none
 }
 
 // Run reconciles on every change of apps, instances or nodes until ctx ends.
@@ -74,11 +75,16 @@ func (c *Controller) Run(ctx context.Context) error {
 			continue // a large deploy: on with it
 		}
 		ended := time.Now()
+		var wake <-chan time.Time // an instance's replacement backoff ends: place it
+		if !c.wakeAt.IsZero() {
+			wake = time.After(time.Until(c.wakeAt))
+		}
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-kick:
 		case <-tick.C:
+		case <-wake:
 		}
 		// Changes come all the time in a large cluster (a heartbeat, an
 		// instance reported healthy): the next pass waits as long as this
@@ -192,7 +198,7 @@ func (c *Controller) Reconcile(ctx context.Context) error {
 			plan(a, api.App{Spec: api.AppSpec{Name: name}, Deleting: true})
 		}
 	}
-	if err := c.schedule(ctx, s, nodes, created, writes); err != nil {
+	if err := c.schedule(ctx, s, nodes, created, writes, now); err != nil {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
@@ -544,7 +550,7 @@ const eventsPerApp = 50
 // schedule places every instance that wants to run and has no node (the
 // waiting ones of s, and the new ones of this pass, created) on nodes,
 // and writes them together with the pass's other writes.
-func (c *Controller) schedule(ctx context.Context, s *scan, nodes []api.Node, created []api.Instance, writes []write) error {
+func (c *Controller) schedule(ctx context.Context, s *scan, nodes []api.Node, created []api.Instance, writes []write, now time.Time) error {
 	// What is not written is planned again on the next pass.
 	fail := func(err error) error {
 		c.replan(writes)
@@ -557,12 +563,33 @@ func (c *Controller) schedule(ctx context.Context, s *scan, nodes []api.Node, cr
 	for _, w := range writes {
 		touched[w.name] = true
 	}
+	// An instance in its replacement backoff waits unplaced; a new one is
+	// written so, with its reason.
+	c.wakeAt = time.Time{}
+	backoff := func(inst *api.Instance) bool {
+		if !inst.NotBefore.After(now) {
+			return false
+		}
+		if c.wakeAt.IsZero() || inst.NotBefore.Before(c.wakeAt) {
+			c.wakeAt = inst.NotBefore
+		}
+		return true
+	}
 	var waiting []*api.Instance
 	for _, inst := range s.waiting {
-		if !touched[inst.Name] {
+		if !touched[inst.Name] && !backoff(inst) {
 			waiting = append(waiting, inst)
 		}
 	}
+	ready := created[:0:0]
+	for i := range created {
+		if backoff(&created[i]) {
+			writes = append(writes, createInstance(created[i]))
+		} else {
+			ready = append(ready, created[i])
+		}
+	}
+	created = ready
 	sort.Slice(waiting, func(a, b int) bool {
 		if !waiting[a].Created.Equal(waiting[b].Created) {
 			return waiting[a].Created.Before(waiting[b].Created)
@@ -616,6 +643,7 @@ func (c *Controller) placements(ctx context.Context, pending []api.Instance, isN
 			byApp[inst.App] = t
 			order = append(order, inst.App)
 		}
+		inst.NotBefore = time.Time{} // its backoff, if it had one, is over
 		if d.Node != "" {
 			inst.Node, inst.Reason = d.Node, ""
 			t.placed = append(t.placed, i)

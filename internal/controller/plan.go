@@ -77,14 +77,22 @@ func PlanApp(app api.App, instances []api.Instance, nodes map[string]string, now
 		}
 	}
 
-	// Instances that stayed unhealthy past their retries are replaced.
+	// Instances that stayed unhealthy past their retries are replaced;
+	// those of the current template that never became healthy are
+	// replaced after a backoff (see replaceSick), so that a template
+	// that cannot get healthy is not replaced in a tight loop.
 	kept := active[:0:0]
+	var sick []api.Instance
 	for _, inst := range active {
-		if inst.Status.Replace {
+		switch {
+		case !inst.Status.Replace:
+			kept = append(kept, inst)
+		case inst.Revision == app.TemplateRevision && !inst.Status.EverHealthy:
+			sick = append(sick, inst)
+			p.Retire[inst.Name] = "never became healthy past its retries" // replaceSick says by what
+		default:
 			p.Retire[inst.Name] = "unhealthy past its retries: replaced"
-			continue
 		}
-		kept = append(kept, inst)
 	}
 	active = kept
 
@@ -103,21 +111,36 @@ func PlanApp(app api.App, instances []api.Instance, nodes map[string]string, now
 	want := app.Spec.ReplicaCount()
 
 	// Old instances: broken ones go at once; healthy ones one at a time while
-	// more than the wanted number are healthy.
+	// more than the wanted number are healthy. Those beyond the replicas
+	// (the spec lowered them) are not replaced but scaled down: the
+	// surplus is what exceeds the replicas and the one instance a rolling
+	// update adds while it runs.
+	surplus := len(old) + len(cur) - want
+	if len(cur) > 0 && len(old) > 0 {
+		surplus--
+	}
 	sortForRetirement(old)
 	for _, inst := range old {
 		why := fmt.Sprintf("replaced by revision %d", app.TemplateRevision)
 		if draining[inst.Name] {
 			why = fmt.Sprintf("moved off node %s: draining", inst.Node)
 		}
+		retire := false
 		switch {
 		case want == 0:
 			p.Retire[inst.Name] = "scaled to zero"
 		case !isHealthy(inst):
-			p.Retire[inst.Name] = why
+			retire = true
 		case healthy > want:
-			p.Retire[inst.Name] = why
+			retire = true
 			healthy--
+		}
+		if retire {
+			if surplus > 0 {
+				why = "scaled down"
+				surplus--
+			}
+			p.Retire[inst.Name] = why
 		}
 	}
 	remainingOld := 0
@@ -155,7 +178,33 @@ func PlanApp(app api.App, instances []api.Instance, nodes map[string]string, now
 			p.Create = append(p.Create, NewInstance(app, next, now))
 		}
 	}
+	replaceSick(p, sick, now)
 	return p
+}
+
+// replaceSick gives the new instances the places of the sick ones (never
+// healthy, of the current template) with the next attempt's backoff, and
+// says so in the sick ones' retire reasons. The longest streaks go first.
+func replaceSick(p Plan, sick []api.Instance, now time.Time) {
+	sort.SliceStable(sick, func(a, b int) bool { return sick[a].Attempt > sick[b].Attempt })
+	for i := range min(len(sick), len(p.Create)) {
+		s, n := sick[i], &p.Create[i]
+		n.Attempt = max(s.Attempt, 1) + 1
+		wait := ReplaceBackoff(n.Attempt)
+		n.NotBefore = now.Add(wait)
+		n.Reason = fmt.Sprintf("replaces %s, which never became healthy: placed after a backoff of %s (attempt %d)", s.Name, wait, n.Attempt)
+		p.Retire[s.Name] = fmt.Sprintf("never became healthy: replaced by %s in %s (attempt %d)", n.Name, wait, n.Attempt)
+	}
+}
+
+// ReplaceBackoff is how long the attempt-th instance in a row that
+// replaces never-healthy ones waits before it is placed: 1s for the
+// second, doubling to 1m, like the restarts of a crashing container.
+func ReplaceBackoff(attempt int) time.Duration {
+	if attempt < 2 {
+		return 0
+	}
+	return min(time.Second<<min(attempt-2, 6), time.Minute)
 }
 
 // NewInstance is the record of a new instance of the app's current template.

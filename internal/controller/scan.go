@@ -181,8 +181,8 @@ func (c *Controller) eachInstance(ctx context.Context, fn func(iter.Seq[*api.Ins
 // lost with it: they count neither against its room nor in their app's
 // spread, which their replacements restore), and running tasks. Only the
 // instances of apps with pending ones are given one by one (the scheduler
-// counts them per node); the others are summed up per node, which holds
-// the same room.
+// counts them per node), and of those only the ones that stay (see
+// staying); the others are summed up per node, which holds the same room.
 func (s *scan) holding(pending []api.Instance) []api.Instance {
 	held := make(map[string]api.Capacity, len(s.nodes))
 	for name, n := range s.nodes {
@@ -203,7 +203,7 @@ func (s *scan) holding(pending []api.Instance) []api.Instance {
 			continue // a new app: nothing placed yet
 		}
 		for _, inst := range a.insts {
-			if n := s.nodes[inst.Node]; n == nil || n.down {
+			if n := s.nodes[inst.Node]; n == nil || n.down || !s.staying(a, inst) {
 				continue
 			}
 			out = append(out, *inst)
@@ -219,6 +219,21 @@ func (s *scan) holding(pending []api.Instance) []api.Instance {
 		}
 	}
 	return out
+}
+
+// staying: an instance counts in its app's spread when it is to stay:
+// wanted, of the current template and not on a draining node. Those a
+// rolling update, a drain or a scale-down is retiring do not, so that
+// their replacements are spread as if they were gone already: a rolling
+// update ends spread evenly over the nodes now ready, wherever the old
+// instances ran (say, all on one node while another was down). With
+// max_per_node all count: the cap holds for every instance of the app.
+func (s *scan) staying(a *appScan, inst *api.Instance) bool {
+	if a.app == nil || a.app.Spec.Placement != nil && a.app.Spec.Placement.MaxPerNode > 0 {
+		return true
+	}
+	n := s.nodes[inst.Node]
+	return inst.Desired != api.DesiredStop && inst.Revision == a.app.TemplateRevision && (n == nil || n.state != api.NodeDraining)
 }
 
 func values(insts []*api.Instance) []api.Instance {
