@@ -166,3 +166,11 @@ func stringOrNumber(b []byte) (string, error) {
 	}
 	return n.String(), nil
 }
+
+// Count is n and the noun, plural unless n is 1: "1 replica", "3 replicas".
+func Count(n int, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return fmt.Sprintf("%d %ss", n, noun)
+}

@@ -3,10 +3,13 @@ package api
 import "time"
 
 // Token roles: a user token may call every endpoint but node registration;
-// an agent token may only register its node and act for it.
+// an agent token may only register its node and act for it; a gateway
+// token may only follow apps, instances and routes, wake apps and report
+// their last access (what `berth gateway` does).
 const (
-	RoleUser  = "user"
-	RoleAgent = "agent"
+	RoleUser    = "user"
+	RoleAgent   = "agent"
+	RoleGateway = "gateway"
 )
 
 // MaxTokenDescription bounds a token's description.
@@ -36,8 +39,8 @@ type TokenRequest struct {
 
 // Validate checks the role and the description.
 func (r TokenRequest) Validate() error {
-	if r.Role != RoleUser && r.Role != RoleAgent {
-		return fieldErr("role", "%q is not a role: want %s or %s", r.Role, RoleAgent, RoleUser)
+	if r.Role != RoleUser && r.Role != RoleAgent && r.Role != RoleGateway {
+		return fieldErr("role", "%q is not a role: want %s, %s or %s", r.Role, RoleAgent, RoleGateway, RoleUser)
 	}
 	if len(r.Description) > MaxTokenDescription {
 		return fieldErr("description", "%d bytes is longer than %d", len(r.Description), MaxTokenDescription)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # make up: everything a fresh machine needs, then `berth up` in the
-# foreground with examples/hello.yaml deployed once the API answers.
+# foreground with examples/hello.yaml deployed once the API answers, unless
+# an app hello exists already (scripts/deploy-example.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,11 +10,6 @@ cd "$(dirname "$0")/.."
 go build -o bin/berth ./cmd/berth
 
 addr="${BERTH_ADDR:-127.0.0.1:7070}"
-(
-  for _ in $(seq 1 120); do
-    ./bin/berth --addr "$addr" status >/dev/null 2>&1 && break
-    sleep 0.5
-  done
-  ./bin/berth --addr "$addr" deploy -f examples/hello.yaml && ./bin/berth --addr "$addr" ps hello
-) &
+# After the exec below, $$ is the pid of `berth up` itself.
+BERTH_ADDR="$addr" ./scripts/deploy-example.sh ./bin/berth examples/hello.yaml $$ &
 exec ./bin/berth up --listen "$addr" "$@"

@@ -47,11 +47,12 @@ containers of the instances and tasks placed on it. It talks only to the API,
 failing over between the servers given.
 
 It needs an agent token ('berth token create --role agent' on a server), from
---token, BERTH_TOKEN or <data-dir>/agent-token. Containers keep running when
-the agent stops; a restarted agent adopts them. Several agents may share one
-Docker engine under different --node names: each touches only its own
-node's containers.`,
-		Example: `  berth agent --server http://10.0.0.1:7070,http://10.0.0.2:7070 --token $T \
+--token-file, BERTH_TOKEN, --token (visible in ps) or <data-dir>/agent-token.
+It keeps task payloads in <data-dir>/agent-<node>, which one agent uses at a
+time. Containers keep running when the agent stops; a restarted agent adopts
+them. Several agents may share one Docker engine under different --node
+names: each touches only its own node's containers.`,
+		Example: `  berth agent --server http://10.0.0.1:7070,http://10.0.0.2:7070 --token-file /etc/berth/agent-token \
       --node n2 --labels zone=a,disk=ssd --advertise 10.0.0.12`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return runAgent(g, o) },
@@ -85,6 +86,14 @@ func runAgent(g *globals, o *agentOptions) error {
 	if err := validLabels(o.labels); err != nil {
 		return err
 	}
+	if err := g.absDataDir(); err != nil {
+		return err
+	}
+	// Agents of several nodes may share a data dir; each has a dir of its own.
+	agentDir := filepath.Join(g.dataDir, "agent-"+o.node)
+	if err := lockDir(agentDir, "agent dir"); err != nil {
+		return err
+	}
 	if net.ParseIP(o.advertise) == nil {
 		return fmt.Errorf("--advertise %q: want an IP address of this host", o.advertise)
 	}
@@ -116,8 +125,8 @@ func runAgent(g *globals, o *agentOptions) error {
 		Labels:     o.labels,
 		Reserve:    reserve,
 		Workers:    o.workers,
-		PayloadDir: filepath.Join(g.dataDir, "agent-"+o.node, "task-payloads"),
-		Log:        log.With("component", "agent", "node", o.node),
+		PayloadDir: filepath.Join(agentDir, "task-payloads"),
+		Log:        log.With("component", "agent"), // the agent names its node where it matters
 	}
 	log.Info("agent starting", "node", o.node, "servers", servers, "labels", o.labels, "advertise", o.advertise)
 	err = ag.Run(ctx)
@@ -161,16 +170,18 @@ func validLabels(labels map[string]string) error {
 	return nil
 }
 
-// agentToken is --token (or BERTH_TOKEN), else <data-dir>/agent-token.
+// agentToken is --token-file, else --token (or BERTH_TOKEN), else
+// <data-dir>/agent-token.
 func agentToken(g *globals) (string, error) {
-	if g.token != "" {
-		return g.token, nil
+	if t, err := g.givenToken(); t != "" || err != nil {
+		return t, err
 	}
-	b, err := os.ReadFile(filepath.Join(g.dataDir, agentTokenFile))
+	path := filepath.Join(g.dataDir, agentTokenFile)
+	b, err := os.ReadFile(path)
 	if err == nil && strings.TrimSpace(string(b)) != "" {
 		return strings.TrimSpace(string(b)), nil
 	}
-	return "", fmt.Errorf("no agent token: pass --token or BERTH_TOKEN (make one on a server with 'berth token create --role agent'), or put it in %s", filepath.Join(g.dataDir, agentTokenFile))
+	return "", fmt.Errorf("no agent token: pass --token-file (or BERTH_TOKEN; --token shows in ps) with a token from 'berth token create --role agent' on a server, or put it in %s", path)
 }
 
 func orDefault(s, def string) string {

@@ -67,15 +67,15 @@ again.`,
 			ctx := cmd.Context()
 			since, err := latestRevision(ctx, cl) // progress is what happens from now on
 			if err != nil {
-				return err
+				return fmt.Errorf("deploy %s: %w", spec.Name, err)
 			}
 			before, err := cl.GetApp(ctx, spec.Name)
 			if err != nil && !client.IsStatus(err, 404) {
-				return err
+				return fmt.Errorf("deploy %s: %w", spec.Name, err)
 			}
 			app, err := cl.DeployYAML(ctx, spec.Name, data)
 			if err != nil {
-				return err
+				return fmt.Errorf("deploy %s: %w", spec.Name, err)
 			}
 			if app.Revision == before.Revision {
 				fmt.Fprintf(cmd.OutOrStdout(), "%s: unchanged (revision %d)\n", spec.Name, app.Revision)
@@ -109,13 +109,13 @@ func replicasLine(before, after api.App, named bool) string {
 	was, now := before.Spec.ReplicaCount(), after.Spec.ReplicaCount()
 	switch {
 	case before.Revision == 0:
-		return fmt.Sprintf("%d replicas", now)
+		return api.Count(now, "replica")
 	case !named:
-		return fmt.Sprintf("%d replicas, kept: the spec names none", now)
+		return api.Count(now, "replica")+", kept: the spec names none"
 	case was != now:
 		return fmt.Sprintf("replicas %d -> %d, from the spec", was, now)
 	}
-	return fmt.Sprintf("%d replicas", now)
+	return api.Count(now, "replica")
 }
 
 func scaleCmd(g *globals) *cobra.Command {
@@ -140,11 +140,11 @@ holds until a spec that names replicas is deployed.`,
 			}
 			since, err := latestRevision(cmd.Context(), cl)
 			if err != nil {
-				return err
+				return fmt.Errorf("scale %s: %w", args[0], err)
 			}
 			app, err := cl.Scale(cmd.Context(), args[0], n)
 			if err != nil {
-				return err
+				return fmt.Errorf("scale %s: %w", args[0], err)
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "%s: scaling to %d (revision %d)\n", args[0], n, app.Revision)
 			if detach {
@@ -173,10 +173,10 @@ func rmCmd(g *globals) *cobra.Command {
 			}
 			since, err := latestRevision(cmd.Context(), cl)
 			if err != nil {
-				return err
+				return fmt.Errorf("rm %s: %w", args[0], err)
 			}
 			if _, err := cl.DeleteApp(cmd.Context(), args[0]); err != nil {
-				return err
+				return fmt.Errorf("rm %s: %w", args[0], err)
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "%s: removing\n", args[0])
 			if detach {

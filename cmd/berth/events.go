@@ -31,9 +31,17 @@ func eventsCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			// A removed app's events are still shown; a name that has
+			// neither events nor an app is a mistake.
+			if app != "" && len(list.Items) == 0 {
+				if err := appExists(ctx, cl, app); err != nil {
+					return err
+				}
+			}
 			out := cmd.OutOrStdout()
+			ew := newEventWriter(out, list.Items)
 			for _, e := range list.Items {
-				writeEvent(out, e)
+				ew.write(e)
 			}
 			if !followEvents {
 				return nil
@@ -41,7 +49,7 @@ func eventsCmd(g *globals) *cobra.Command {
 			events, errc := cl.WatchEvents(ctx, app, list.Revision)
 			for ev := range events {
 				if ev.Type == "put" {
-					writeEvent(out, ev.Object)
+					ew.write(ev.Object)
 				}
 			}
 			if ctx.Err() != nil {
@@ -55,10 +63,45 @@ func eventsCmd(g *globals) *cobra.Command {
 	return cmd
 }
 
-func writeEvent(out io.Writer, e api.Event) {
-	who := e.Instance
-	if who == "" {
-		who = e.App
+// eventWriter prints events in columns: time, instance (or app), kind,
+// node, message. The columns fit the widest of the events listed first
+// and of every kind; a followed event wider than that widens them.
+type eventWriter struct {
+	out              io.Writer
+	who, kind, nodeW int
+}
+
+// eventKinds are the kinds events have (api.Event.Kind), for the width
+// of their column.
+var eventKinds = []string{"placed", "started", "healthy", "unhealthy", "exited", "restarted", "failed",
+	"stopping", "removed", "unschedulable", "deployed", "scaled", "deleted", "idled", "woken", "node"}
+
+func newEventWriter(out io.Writer, first []api.Event) *eventWriter {
+	w := &eventWriter{out: out, who: 8, nodeW: 4}
+	for _, k := range eventKinds {
+		w.kind = max(w.kind, len(k))
 	}
-	fmt.Fprintf(out, "%s  %-14s %-13s %-10s %s\n", e.Time.Local().Format(time.DateTime), who, e.Kind, orDash(e.Node), e.Message)
+	for _, e := range first {
+		w.fit(e)
+	}
+	return w
+}
+
+func (w *eventWriter) fit(e api.Event) {
+	w.who = max(w.who, len(eventWho(e)))
+	w.kind = max(w.kind, len(e.Kind))
+	w.nodeW = max(w.nodeW, len(orDash(e.Node)))
+}
+
+func (w *eventWriter) write(e api.Event) {
+	w.fit(e)
+	fmt.Fprintf(w.out, "%s  %-*s  %-*s  %-*s  %s\n", e.Time.Local().Format(time.DateTime),
+		w.who, eventWho(e), w.kind, e.Kind, w.nodeW, orDash(e.Node), e.Message)
+}
+
+func eventWho(e api.Event) string {
+	if e.Instance != "" {
+		return e.Instance
+	}
+	return e.App
 }

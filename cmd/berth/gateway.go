@@ -46,10 +46,13 @@ func gatewayCmd(g *globals) *cobra.Command {
 		Use:   "gateway",
 		Short: "Run a standalone gateway: route requests by Host to apps' healthy instances",
 		Long: `Run the gateway alone, for another machine: it follows apps and instances
-through the API of the server given by --server (and --token), routes requests
-by their Host header to healthy instances, wakes idled apps on their next
-request and reports when apps were last used. 'berth up' runs one already.`,
-		Example: "  berth gateway --server http://10.0.0.2:7070 --token $TOKEN --listen 0.0.0.0:8080",
+through the API of the server given by --server, routes requests by their
+Host header to healthy instances, wakes idled apps on their next request and
+reports when apps were last used. 'berth up' runs one already.
+
+Give it a gateway token, which may do only that: 'berth token create --role
+gateway' on a server, in a file named by --token-file (or in BERTH_TOKEN).`,
+		Example: "  berth token create --role gateway > gateway-token\n  berth gateway --server http://10.0.0.2:7070 --token-file gateway-token --listen 0.0.0.0:8080",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if servers != "" {

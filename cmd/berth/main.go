@@ -24,7 +24,8 @@ const (
 )
 
 type globals struct {
-	addr, token, dataDir string
+	addr, token, tokenFile string
+	dataDir                string // absolute once absDataDir ran
 }
 
 func main() {
@@ -45,7 +46,8 @@ each Docker host (see docs/operations.md).`,
 	}
 	pf := root.PersistentFlags()
 	pf.StringVar(&g.addr, "addr", envOr("BERTH_ADDR", defaultAddr), "berth server address, or several comma-separated to fail over between (env BERTH_ADDR)")
-	pf.StringVar(&g.token, "token", os.Getenv("BERTH_TOKEN"), "API token (env BERTH_TOKEN; default: read from <data-dir>/token)")
+	pf.StringVar(&g.token, "token", os.Getenv("BERTH_TOKEN"), "API token (env BERTH_TOKEN; default: read from <data-dir>/token); it shows in ps: prefer --token-file")
+	pf.StringVar(&g.tokenFile, "token-file", os.Getenv("BERTH_TOKEN_FILE"), "file holding the API token (env BERTH_TOKEN_FILE)")
 	pf.StringVar(&g.dataDir, "data-dir", envOr("BERTH_DATA_DIR", defaultDataDir), "data directory (env BERTH_DATA_DIR)")
 
 	root.AddCommand(
@@ -58,17 +60,34 @@ each Docker host (see docs/operations.md).`,
 		runCmd(g), tasksCmd(g), taskCmd(g), queueCmd(g), scheduleCmd(g),
 		tokenCmd(g),
 	)
-	if err := root.Execute(); err != nil {
+	if cmd, err := root.ExecuteC(); err != nil {
 		if ex := exitCode(0); errors.As(err, &ex) {
 			os.Exit(int(ex)) // the verb has said why
 		}
-		fmt.Fprintln(os.Stderr, "berth:", err)
-		var ex exitCode
-		if errors.As(err, &ex) {
-			os.Exit(int(ex))
-		}
+		fmt.Fprintln(os.Stderr, errorLine(cmd, root, err))
 		os.Exit(1)
 	}
+}
+
+// errorLine is how a failed verb is reported: "berth: deploy: 403 ...",
+// naming the verb the user ran (unless the error already starts with
+// it), the status of an API refusal, and what to do when no server answers.
+func errorLine(cmd, root *cobra.Command, err error) string {
+	msg := err.Error()
+	var ae *client.Error
+	if errors.As(err, &ae) && ae.Message != "" {
+		msg = strings.Replace(msg, ae.Message, fmt.Sprintf("%d %s", ae.Status, ae.Message), 1)
+	}
+	if client.Unreached(err) {
+		msg += " (is berth running? start it with 'berth up', or point --addr or BERTH_ADDR at it)"
+	}
+	if cmd != nil && cmd != root {
+		verb := strings.TrimPrefix(cmd.CommandPath(), root.Name()+" ")
+		if !strings.HasPrefix(msg, cmd.Name()+" ") {
+			msg = verb + ": " + msg
+		}
+	}
+	return "berth: " + msg
 }
 
 // exitCode makes the process exit with a specific code.
@@ -85,13 +104,60 @@ func envOr(key, def string) string {
 
 // client builds an API client from flags, environment and the data dir's token.
 func (g *globals) client() (*client.Client, error) {
-	token := g.token
+	token, err := g.givenToken()
+	if err != nil {
+		return nil, err
+	}
 	if token == "" {
 		b, err := os.ReadFile(filepath.Join(g.dataDir, tokenFile))
 		if err != nil {
-			return nil, fmt.Errorf("no API token: pass --token or BERTH_TOKEN, or run where %s/%s exists (%v)", g.dataDir, tokenFile, err)
+			return nil, fmt.Errorf("no API token: pass --token-file, --token or BERTH_TOKEN, or run where %s exists ('berth up' writes it there): %w",
+				filepath.Join(g.dataDir, tokenFile), err)
 		}
 		token = strings.TrimSpace(string(b))
 	}
 	return client.New(g.addr, token), nil
+}
+
+// givenToken is the token from --token-file, else --token (or
+// BERTH_TOKEN); "" when neither is given.
+func (g *globals) givenToken() (string, error) {
+	if g.tokenFile == "" {
+		return g.token, nil
+	}
+	b, err := os.ReadFile(g.tokenFile)
+	if err != nil {
+		return "", fmt.Errorf("--token-file: %w", err)
+	}
+	t := strings.TrimSpace(string(b))
+	if t == "" {
+		return "", fmt.Errorf("--token-file: %s is empty", g.tokenFile)
+	}
+	return t, nil
+}
+
+// absDataDir makes --data-dir absolute, once, before anything uses it:
+// paths under it reach Docker (bind mounts) and must not depend on the
+// working directory.
+func (g *globals) absDataDir() error {
+	abs, err := filepath.Abs(g.dataDir)
+	if err != nil {
+		return fmt.Errorf("--data-dir %s: %w", g.dataDir, err)
+	}
+	g.dataDir = abs
+	return nil
+}
+
+// shownPath is how messages name a path under the data dir: under the
+// working directory as ./rel, else absolute.
+func shownPath(path string) string {
+	wd, err := os.Getwd()
+	if err != nil {
+		return path
+	}
+	rel, err := filepath.Rel(wd, path)
+	if err != nil || rel == ".." || strings.HasPrefix(rel, "../") {
+		return path
+	}
+	return "./" + rel
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"text/tabwriter"
@@ -32,6 +33,11 @@ func psCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			if f.App != "" && len(list.Items) == 0 {
+				if err := appExists(cmd.Context(), cl, f.App); err != nil {
+					return err
+				}
+			}
 			out := cmd.OutOrStdout()
 			if asJSON {
 				enc := json.NewEncoder(out)
@@ -50,6 +56,17 @@ func psCmd(g *globals) *cobra.Command {
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the instances as JSON")
 	return cmd
+}
+
+// appExists answers an error saying there is no such app when the
+// server has none of that name: an empty table would say it has no
+// instances.
+func appExists(ctx context.Context, cl *client.Client, name string) error {
+	_, err := cl.GetApp(ctx, name)
+	if client.IsStatus(err, 404) {
+		return fmt.Errorf("no app named %s ('berth apps' lists them)", name)
+	}
+	return err
 }
 
 func displayState(inst api.Instance) string {

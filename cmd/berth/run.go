@@ -42,7 +42,7 @@ image). Interrupting 'berth run --wait' does not cancel the task.`,
   berth run --wait --timeout 30s --retries 2 --queue media --cpu 500m --memory 128Mi \
       --env K=V --payload @job.json berth/busybox:1 -- sh /work.sh
   ID=$(berth run --idempotency-key import-2026-11-28 berth/busybox:1 -- true)`,
-		Args: cobra.MinimumNArgs(1),
+		Args: needArgs("IMAGE"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			lead, command, err := splitCommand(cmd, args, 1)
 			if err != nil {
@@ -108,10 +108,7 @@ func summary(t api.Task) string {
 		state = t.State
 	}
 	n := len(t.Attempts)
-	attempts := fmt.Sprintf("%d attempts", n)
-	if n == 1 {
-		attempts = "1 attempt"
-	}
+	attempts := api.Count(n, "attempt")
 	switch {
 	case t.State == api.TaskSucceeded:
 		return fmt.Sprintf("task %s succeeded after %s in %s", t.ID, attempts, taskDuration(t))

@@ -37,7 +37,7 @@ last one is still queued or running; allow lets runs overlap. A run missed
 while berth was down runs once when it starts again.`,
 		Example: `  berth schedule create nightly --cron '0 3 * * *' berth/busybox:1 -- sh -c 'echo report'
   berth schedule create tick --cron '@every 30s' --timeout 20s --queue cron berth/busybox:1 -- date`,
-		Args: cobra.MinimumNArgs(2),
+		Args: needArgs("NAME", "IMAGE"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			lead, command, err := splitCommand(cmd, args, 2)
 			if err != nil {
@@ -105,15 +105,21 @@ func scheduleLsCmd(g *globals) *cobra.Command {
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "NAME\tCRON\tOVERLAP\tLAST RUN\tLAST TASK\tIMAGE")
 			for _, s := range list.Items {
-				last := "-"
-				if !s.LastRun.IsZero() {
-					last = age(s.LastRun) + " ago"
-				}
+				last := lastRun(s)
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", s.Name, s.Cron, s.Overlap, last, orDash(s.LastTask), s.Task.Image)
 			}
 			return tw.Flush()
 		},
 	}
+}
+
+// lastRun is the LAST RUN column: "never" until the schedule first
+// queues a task (a new schedule counts from its creation, which is no run).
+func lastRun(s api.Schedule) string {
+	if s.LastTask == "" || s.LastRun.IsZero() {
+		return "never"
+	}
+	return age(s.LastRun) + " ago"
 }
 
 func scheduleRmCmd(g *globals) *cobra.Command {

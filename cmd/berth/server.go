@@ -101,6 +101,9 @@ func runServer(g *globals, o *serverOptions) error {
 	if err != nil {
 		return err
 	}
+	if err := g.takeDataDir(); err != nil {
+		return err
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	srv, err := startServer(ctx, g, o, serverExtras{}, log)
@@ -108,6 +111,15 @@ func runServer(g *globals, o *serverOptions) error {
 		return err
 	}
 	return srv.wait(ctx, stop)
+}
+
+// takeDataDir makes --data-dir absolute and locks it for this process:
+// a second server on it fails at once instead of waiting on etcd's lock.
+func (g *globals) takeDataDir() error {
+	if err := g.absDataDir(); err != nil {
+		return err
+	}
+	return lockDir(g.dataDir, "data dir")
 }
 
 func newLogger(level string) (*slog.Logger, error) {

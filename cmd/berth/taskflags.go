@@ -140,6 +140,21 @@ func splitCommand(cmd *cobra.Command, args []string, leading int) ([]string, []s
 	return args[:dash], args[dash:], nil
 }
 
+// needArgs requires the leading arguments (names: "NAME", "IMAGE") and
+// says which are missing, with the usage, instead of counting them.
+func needArgs(names ...string) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, args []string) error {
+		given := len(args)
+		if dash := cmd.ArgsLenAtDash(); dash >= 0 {
+			given = dash
+		}
+		if given < len(names) {
+			return fmt.Errorf("missing %s (usage: %s %s; see --help)", strings.Join(names[given:], " and "), cmd.Parent().CommandPath(), cmd.Use)
+		}
+		return nil
+	}
+}
+
 // commandFlagHint explains a flag error that is most likely the task's
 // own command line missing its `--`.
 func commandFlagHint(cmd *cobra.Command, err error) error {

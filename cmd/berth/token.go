@@ -12,10 +12,12 @@ import (
 func tokenCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "token",
-		Short: "Create, list and remove API tokens (user or agent)",
+		Short: "Create, list and remove API tokens (user, agent or gateway)",
 		Long: `API tokens have a role. A user token may call everything but node
 registration. An agent token may only register one node (the first it
-registers binds it) and act for that node: 'berth agent --token T'.
+registers binds it) and act for that node: 'berth agent --token-file F'.
+A gateway token may only follow apps, instances and routes, wake idled apps
+and report when apps were last used: 'berth gateway --token-file F'.
 
 The server's own user token (<data-dir>/token) is not listed and cannot
 be removed here. The server keeps only a hash of each token: a token is
@@ -28,10 +30,12 @@ shown once, when it is created.`,
 func tokenCreateCmd(g *globals) *cobra.Command {
 	var req api.TokenRequest
 	cmd := &cobra.Command{
-		Use:   "create --role agent|user [--description TEXT]",
+		Use:   "create --role agent|gateway|user [--description TEXT]",
 		Short: "Create a token and print it (only it, on stdout)",
-		Example: `  T=$(berth token create --role agent --description "host n2")
-  berth agent --server http://10.0.0.1:7070 --token "$T" --node n2`,
+		Example: `  berth token create --role agent --description "host n2" > agent-token
+  berth agent --server http://10.0.0.1:7070 --token-file agent-token --node n2
+  berth token create --role gateway --description "edge 1" > gateway-token
+  berth gateway --server http://10.0.0.1:7070 --token-file gateway-token`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cl, err := g.client()
@@ -46,7 +50,7 @@ func tokenCreateCmd(g *globals) *cobra.Command {
 			return nil
 		},
 	}
-	cmd.Flags().StringVar(&req.Role, "role", "", "agent (registers one node and reports for it) or user (everything else)")
+	cmd.Flags().StringVar(&req.Role, "role", "", "agent (registers one node and reports for it), gateway (routes requests: berth gateway) or user (everything else)")
 	cmd.Flags().StringVar(&req.Description, "description", "", "what the token is for, shown by 'berth token ls'")
 	_ = cmd.MarkFlagRequired("role")
 	return cmd

@@ -59,6 +59,9 @@ func runUp(g *globals, o *upOptions) error {
 	if err != nil {
 		return err
 	}
+	if err := g.takeDataDir(); err != nil {
+		return err
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 

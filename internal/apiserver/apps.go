@@ -86,7 +86,7 @@ func (s *Server) putApp(w http.ResponseWriter, r *http.Request) {
 			if !ok {
 				return
 			}
-			ev, err := s.Store.AppendEvent(ctx, api.Event{Kind: "deployed", App: name, Message: fmt.Sprintf("revision 1: %s, %d replicas", spec.Image, spec.ReplicaCount())})
+			ev, err := s.Store.AppendEvent(ctx, api.Event{Kind: "deployed", App: name, Message: fmt.Sprintf("revision 1: %s, %s", spec.Image, api.Count(spec.ReplicaCount(), "replica"))})
 			if err != nil {
 				s.writeStoreError(w, err)
 				return
@@ -156,11 +156,11 @@ func (s *Server) putApp(w http.ResponseWriter, r *http.Request) {
 func replicasChange(was, now int, named bool) string {
 	switch {
 	case !named:
-		return fmt.Sprintf("%d replicas (kept: the spec names none)", now)
+		return api.Count(now, "replica")+" (kept: the spec names none)"
 	case was != now:
 		return fmt.Sprintf("replicas %d -> %d, from the spec", was, now)
 	}
-	return fmt.Sprintf("%d replicas", now)
+	return api.Count(now, "replica")
 }
 
 // claimRoutes returns the ops that move an app's host claims from old to

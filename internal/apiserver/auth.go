@@ -38,27 +38,63 @@ func principalOf(ctx context.Context) *principal {
 	return &principal{role: api.RoleUser}
 }
 
-// access says which tokens may call a route.
+// access says which tokens may call a route: a set of roles.
 type access uint8
 
 const (
-	_           access = iota // unset: Handler refuses to start
-	userOnly                  // user tokens
-	agentOnly                 // agent tokens (registering a node)
-	userOrAgent               // both; handlers keep an agent to its own node
+	roleUser access = 1 << iota
+	roleAgent
+	roleGateway
 )
 
-// String is how docs/api.md says it ("Token: user or agent").
+// The access rules of routes (0, unset, makes Handler refuse to start).
+const (
+	userOnly           = roleUser             // user tokens
+	agentOnly          = roleAgent            // agent tokens (registering a node)
+	userOrAgent        = roleUser | roleAgent // both; handlers keep an agent to its own node
+	userOrGateway      = roleUser | roleGateway
+	userAgentOrGateway = roleUser | roleAgent | roleGateway
+)
+
+// roleBits are the roles in the order docs/api.md names them.
+var roleBits = []struct {
+	bit  access
+	name string
+}{{roleUser, api.RoleUser}, {roleAgent, api.RoleAgent}, {roleGateway, api.RoleGateway}}
+
+// String is how docs/api.md says it ("Token: user or agent", "Token:
+// user, agent or gateway").
 func (a access) String() string {
-	switch a {
-	case userOnly:
-		return "user"
-	case agentOnly:
-		return "agent"
-	case userOrAgent:
-		return "user or agent"
+	var names []string
+	for _, r := range roleBits {
+		if a&r.bit != 0 {
+			names = append(names, r.name)
+		}
 	}
-	return "unset"
+	switch len(names) {
+	case 0:
+		return "unset"
+	case 1:
+		return names[0]
+	}
+	return strings.Join(names[:len(names)-1], ", ") + " or " + names[len(names)-1]
+}
+
+// allows reports whether a token of role may call the route.
+func (a access) allows(role string) bool {
+	for _, r := range roleBits {
+		if r.name == role {
+			return a&r.bit != 0
+		}
+	}
+	return false
+}
+
+// roleLimits says what a token of each role may do, for a refusal.
+var roleLimits = map[string]string{
+	api.RoleUser:    "which may call everything but node registration",
+	api.RoleAgent:   "which may only register its node and report for it",
+	api.RoleGateway: "which may only follow apps, instances and routes, wake apps and report access",
 }
 
 // allow wraps a route's handler with its access rule.
@@ -67,15 +103,27 @@ func allow(a access, pattern string, h http.HandlerFunc) http.HandlerFunc {
 		panic("apiserver: route " + pattern + " has no access rule")
 	}
 	return func(w http.ResponseWriter, r *http.Request) {
-		switch role := principalOf(r.Context()).role; {
-		case a == userOnly && role != api.RoleUser:
-			writeError(w, http.StatusForbidden, "", "%s needs a user token; this is an agent token, which may only register its node and report for it", pattern)
-		case a == agentOnly && role != api.RoleAgent:
-			writeError(w, http.StatusForbidden, "", "registering a node needs an agent token (berth token create --role agent); this is a user token")
-		default:
+		role := principalOf(r.Context()).role
+		if a.allows(role) {
 			h(w, r)
+			return
 		}
+		writeError(w, http.StatusForbidden, "", "%s", refusal(a, pattern, role))
 	}
+}
+
+// refusal says why a token of role may not call a route, naming the role
+// and the token the route needs: "token role agent may not call GET
+// /v1/events (needs a user token; this is an agent token, which ...)".
+func refusal(a access, pattern, role string) string {
+	if a == agentOnly {
+		return fmt.Sprintf("registering a node needs an agent token (berth token create --role agent); this is a %s token", role)
+	}
+	article := "a"
+	if strings.HasPrefix(role, "a") {
+		article = "an"
+	}
+	return fmt.Sprintf("token role %s may not call %s (needs a %s token; this is %s %s token, %s)", role, pattern, a, article, role, roleLimits[role])
 }
 
 func (s *Server) authenticate(next http.Handler) http.Handler {

@@ -98,7 +98,7 @@ func TestAgentTokenActsOnlyForItsNode(t *testing.T) {
 		{"POST", "/v1/tasks"}, {"POST", "/v1/tokens"}, {"GET", "/v1/tokens"}, {"GET", "/v1/events"},
 	} {
 		code, e := call(t, c.method, u+c.path, agent, "application/json", "{}")
-		want(t, "agent "+c.method+" "+c.path, code, e, 403, "needs a user token")
+		want(t, "agent "+c.method+" "+c.path, code, e, 403, "token role agent may not call "+c.method+" /v1/")
 	}
 	if code, e := call(t, "GET", u+"/v1/status", agent, "", ""); code != 200 {
 		t.Errorf("agent GET /v1/status: %d %+v", code, e)
@@ -159,6 +159,75 @@ func TestAgentTokenActsOnlyForItsNode(t *testing.T) {
 	for _, path := range []string{"/v1/tasks/" + own.ID, "/v1/tasks/" + own.ID + "/payload", "/v1/tasks?node=n1"} {
 		if code, e := call(t, "GET", u+path, agent, "", ""); code != 200 {
 			t.Errorf("agent GET %s: %d %+v", path, code, e)
+		}
+	}
+}
+
+// A gateway token may follow apps, instances and routes, wake apps and
+// report access, and nothing else.
+func TestGatewayTokenOnlyRoutes(t *testing.T) {
+	hs, _ := newServer(t)
+	u := hs.URL
+	gw := newToken(t, u, api.RoleGateway).Secret
+	if code, e := call(t, "PUT", u+"/v1/apps/web", "secret", "application/yaml", "name: web\nimage: berth/demo:1\n"); code != 200 && code != 201 {
+		t.Fatalf("user deploys web: %d %+v", code, e)
+	}
+	for _, c := range []struct{ method, path, body string }{
+		{"GET", "/v1/status", ""}, {"GET", "/v1/apps", ""}, {"GET", "/v1/apps?watch=true&revision=1", ""},
+		{"GET", "/v1/instances", ""}, {"GET", "/v1/routes", ""},
+		{"POST", "/v1/apps/web/wake", ""}, {"POST", "/v1/access", `{"apps":{"web":"2026-01-02T03:04:05Z"}}`},
+	} {
+		// Allowed: past the access check (a wake of an app without an
+		// idle policy is the handler's 409).
+		code, e := callStart(t, c.method, u+c.path, gw, c.body)
+		if code == 401 || code == 403 || code >= 500 {
+			t.Errorf("gateway %s %s: %d %+v; want it allowed", c.method, c.path, code, e)
+		}
+	}
+	for _, c := range []struct{ method, path string }{
+		{"PUT", "/v1/apps/web"}, {"DELETE", "/v1/apps/web"}, {"GET", "/v1/apps/web"}, {"POST", "/v1/apps/web/scale"},
+		{"GET", "/v1/apps/web/logs"}, {"GET", "/v1/events"}, {"GET", "/v1/nodes"}, {"PUT", "/v1/nodes/n1"},
+		{"POST", "/v1/tasks"}, {"GET", "/v1/tasks"}, {"POST", "/v1/tokens"}, {"GET", "/v1/tokens"},
+		{"PUT", "/v1/instances/web-1/status"},
+	} {
+		code, e := call(t, c.method, u+c.path, gw, "application/json", "{}")
+		msg := "token role gateway may not call " + c.method + " /v1/"
+		if c.path == "/v1/nodes/n1" {
+			msg = "needs an agent token (berth token create --role agent); this is a gateway token"
+		}
+		want(t, "gateway "+c.method+" "+c.path, code, e, 403, msg)
+	}
+	if err := (api.TokenRequest{Role: api.RoleGateway}).Validate(); err != nil {
+		t.Errorf("role gateway does not validate: %v", err)
+	}
+}
+
+// callStart is call for answers that may stream (a watch): only the
+// status line and, for an error, its body are read.
+func callStart(t *testing.T, method, url, token, body string) (int, api.Error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, method, url, strings.NewReader(body))
+	req.Header.Set("Authorization", "Bearer "+token)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, url, err)
+	}
+	defer resp.Body.Close()
+	var e api.Error
+	if resp.StatusCode >= 300 {
+		_ = json.NewDecoder(resp.Body).Decode(&e)
+	}
+	return resp.StatusCode, e
+}
+
+func TestAccessString(t *testing.T) {
+	for a, want := range map[access]string{userOnly: "user", agentOnly: "agent", userOrAgent: "user or agent",
+		userOrGateway: "user or gateway", userAgentOrGateway: "user, agent or gateway"} {
+		if got := a.String(); got != want {
+			t.Errorf("access %b: %q, want %q", a, got, want)
 		}
 	}
 }

@@ -90,20 +90,21 @@ type route struct {
 }
 
 // routes are the authenticated endpoints. Those an agent may call keep it
-// to its own node (ownNode, bindNode).
+// to its own node (ownNode, bindNode); a gateway token may only follow
+// apps, instances and routes, wake apps and report access.
 func (s *Server) routes() []route {
 	return []route{
-		{"GET /v1/status", userOrAgent, s.status},
-		{"GET /v1/apps", userOnly, s.listApps},
+		{"GET /v1/status", userAgentOrGateway, s.status},
+		{"GET /v1/apps", userOrGateway, s.listApps},
 		{"GET /v1/apps/{name}", userOnly, s.getApp},
 		{"PUT /v1/apps/{name}", userOnly, s.putApp},
 		{"DELETE /v1/apps/{name}", userOnly, s.deleteApp},
 		{"POST /v1/apps/{name}/scale", userOnly, s.scaleApp},
 		{"GET /v1/apps/{name}/logs", userOnly, s.appLogs},
-		{"POST /v1/apps/{name}/wake", userOnly, s.wakeApp},
-		{"POST /v1/access", userOnly, s.postAccess},
-		{"GET /v1/routes", userOnly, s.listRoutes},
-		{"GET /v1/instances", userOrAgent, s.listInstances},
+		{"POST /v1/apps/{name}/wake", userOrGateway, s.wakeApp},
+		{"POST /v1/access", userOrGateway, s.postAccess},
+		{"GET /v1/routes", userOrGateway, s.listRoutes},
+		{"GET /v1/instances", userAgentOrGateway, s.listInstances},
 		{"PUT /v1/instances/{name}/status", userOrAgent, s.putInstanceStatus},
 		{"DELETE /v1/instances/{name}", userOrAgent, s.deleteInstance},
 		{"GET /v1/nodes", userOnly, s.listNodes},

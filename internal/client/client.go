@@ -95,6 +95,7 @@ func (c *Client) request(ctx context.Context, method, path string, body io.Reade
 	}
 	first := int(c.current.Load())
 	var lastErr error
+	none := 0 // servers that took no connection
 	for i := range c.servers {
 		n := (first + i) % len(c.servers)
 		var rd io.Reader
@@ -111,9 +112,15 @@ func (c *Client) request(ctx context.Context, method, path string, body io.Reade
 			continue
 		}
 		lastErr = err
+		if unreached(err) {
+			none++
+		}
 		if ctx.Err() != nil || !(unreached(err) || idempotent(method)) {
 			break
 		}
+	}
+	if none == len(c.servers) {
+		return nil, fmt.Errorf("no berth server at %s answers: %w", strings.Join(c.servers, ", "), dialCause(lastErr))
 	}
 	return nil, lastErr
 }
@@ -131,10 +138,27 @@ func (c *Client) send(ctx context.Context, n int, method, path string, body io.R
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
+		if unreached(err) {
+			return nil, fmt.Errorf("no berth server at %s answers: %w", base, dialCause(err))
+		}
 		return nil, fmt.Errorf("berth server at %s: %w", base, err)
 	}
 	return resp, nil
 }
+
+// dialCause is the useful end of a dial error ("connection refused"),
+// without the URL and address the message names already.
+func dialCause(err error) error {
+	var op *net.OpError
+	if errors.As(err, &op) && op.Err != nil {
+		return &net.OpError{Op: op.Op, Net: op.Net, Err: op.Err} // "dial tcp: connect: connection refused"
+	}
+	return err
+}
+
+// Unreached reports whether a request failed because no server took the
+// connection: nothing listens at the address (or none of them).
+func Unreached(err error) bool { return unreached(err) }
 
 // answer turns an error status into an *Error.
 func answer(method, path string, resp *http.Response) (*http.Response, error) {

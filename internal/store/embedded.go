@@ -70,7 +70,7 @@ func OpenMember(ctx context.Context, dir string, m Member, log *slog.Logger) (*S
 		return nil, err
 	}
 
-	e, err := embed.StartEtcd(cfg)
+	e, err := startEtcd(ctx, cfg, log)
 	if err != nil {
 		return nil, fmt.Errorf("start embedded etcd in %s: %w", cfg.Dir, err)
 	}
@@ -102,6 +102,37 @@ func OpenMember(ctx context.Context, dir string, m Member, log *slog.Logger) (*S
 	s.closers = append(s.closers, func() { e.Close() })
 	s.dbSize = func() int64 { return e.Server.Backend().Size() }
 	return s, nil
+}
+
+// startEtcd starts etcd, giving up when ctx ends: etcd waits without end
+// for the lock on its database, which another process may hold.
+func startEtcd(ctx context.Context, cfg *embed.Config, log *slog.Logger) (*embed.Etcd, error) {
+	type result struct {
+		e   *embed.Etcd
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		e, err := embed.StartEtcd(cfg)
+		done <- result{e, err}
+	}()
+	slow := time.NewTimer(5 * time.Second)
+	defer slow.Stop()
+	for {
+		select {
+		case r := <-done:
+			return r.e, r.err
+		case <-slow.C:
+			log.Warn("etcd is still opening its database after 5s: a large one, or another process holds it", "dir", cfg.Dir)
+		case <-ctx.Done():
+			go func() { // close it if it ever starts
+				if r := <-done; r.e != nil {
+					r.e.Close()
+				}
+			}()
+			return nil, ctx.Err()
+		}
+	}
 }
 
 // configure sets the member's name, URLs and cluster.
