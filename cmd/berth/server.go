@@ -25,6 +25,7 @@ import (
 	"berth/internal/apiserver"
 	"berth/internal/client"
 	"berth/internal/controller"
+	"berth/internal/registry"
 	"berth/internal/store"
 	"berth/internal/tasklog"
 )
@@ -138,12 +139,13 @@ type serverExtras struct {
 
 // server is a running `berth server`: the parts `berth up` builds on.
 type server struct {
-	store   *store.Store
-	addr    string // host:port the API listens on
-	token   string // the bootstrap user token
-	cluster string
-	log     *slog.Logger
-	errc    chan error // a part that stopped
+	store    *store.Store
+	registry *registry.Registry
+	addr     string // host:port the API listens on
+	token    string // the bootstrap user token
+	cluster  string
+	log      *slog.Logger
+	errc     chan error // a part that stopped
 
 	http   *http.Server
 	leader sync.WaitGroup // the election: done once resigned
@@ -209,10 +211,27 @@ func startServer(ctx context.Context, g *globals, o *serverOptions, x serverExtr
 		Log: log.With("component", "api"),
 	}
 	handler := api.Handler()
+	// The image registry shares the API's listener, under /v2/.
+	reg, err := registry.New(registry.Config{
+		Dir:       filepath.Join(g.dataDir, "registry"),
+		Authorize: api.TokenRole,
+		Secret:    registrySecret(token),
+		Log:       log.With("component", "registry"),
+	})
+	if err != nil {
+		lis.Close()
+		return nil, err
+	}
+	s.registry = reg
+	withRegistry := http.NewServeMux()
+	withRegistry.Handle("/v2/", reg)
+	withRegistry.Handle("/", handler)
+	handler = withRegistry
 	if o.gateway != "" {
 		p, gerrc, err := startGateway(ctx, client.New(s.addr, token), o.gateway, x.localNode, prometheus.NewRegistry(), log.With("component", "gateway"))
 		if err != nil {
 			lis.Close()
+			reg.Close()
 			return nil, err
 		}
 		go func() { s.errc <- <-gerrc }()
@@ -283,7 +302,16 @@ func (s *server) close(stop func()) {
 	shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	_ = s.http.Shutdown(shutdown)
+	s.registry.Close()
 	s.store.Close()
+}
+
+// registrySecret signs the registry's upload state. It comes from the
+// token, which every server of a cluster shares, so that an upload begun
+// on one server may go on through another.
+func registrySecret(token string) string {
+	h := sha256.Sum256([]byte("berth registry uploads\x00" + token))
+	return hex.EncodeToString(h[:])
 }
 
 // shared reports whether other servers may use the same store.
