@@ -75,7 +75,9 @@ each Docker host (see docs/operations.md).`,
 func errorLine(cmd, root *cobra.Command, err error) string {
 	msg := err.Error()
 	var ae *client.Error
-	if errors.As(err, &ae) && ae.Message != "" {
+	// A refusal shows its status (403: the token's role); a missing thing
+	// says so in words ("no app named x") and needs no number.
+	if errors.As(err, &ae) && ae.Message != "" && ae.Status != 404 {
 		msg = strings.Replace(msg, ae.Message, fmt.Sprintf("%d %s", ae.Status, ae.Message), 1)
 	}
 	if client.Unreached(err) {
