@@ -649,6 +649,14 @@ func dockerInspect(t *testing.T, id, format string) string {
 // removeClusterContainers removes every container of a cluster: the
 // cleanup that runs after every test, pass or fail.
 func removeClusterContainers(t *testing.T, cluster string) {
+	removeClusterContainersOnce(t, cluster)
+	// A create that berth sent just before it stopped may still complete
+	// in the engine after the first look.
+	time.Sleep(time.Second)
+	removeClusterContainersOnce(t, cluster)
+}
+
+func removeClusterContainersOnce(t *testing.T, cluster string) {
 	out, err := dockerCLI(30*time.Second, "ps", "-aq", "--filter", "label=berth.cluster="+cluster)
 	if err != nil {
 		t.Errorf("cleanup: list containers of cluster %s: %v: %s", cluster, err, out)
