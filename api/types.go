@@ -65,7 +65,11 @@ type App struct {
 	// of the spec but replicas) last changed; instances made from an older
 	// template are replaced by a rolling update.
 	TemplateRevision int64 `json:"template_revision"`
-	Deleting         bool  `json:"deleting,omitempty"`
+	// ImageDigest is the digest the spec's image resolved to in berth's
+	// registry at the template's revision (empty: a local or external
+	// image, run as written). Every instance of the template runs it.
+	ImageDigest string `json:"image_digest,omitempty"`
+	Deleting    bool   `json:"deleting,omitempty"`
 	// Idled: scaled to zero for want of requests; its containers are
 	// stopped, not removed, so that a wake is a start.
 	Idled   bool      `json:"idled,omitempty"`
@@ -108,7 +112,10 @@ type Instance struct {
 	Index    int     `json:"index"`
 	Revision int64   `json:"revision"` // the app's template revision it was made from
 	Spec     AppSpec `json:"spec"`     // the template, defaults applied
-	Node     string  `json:"node,omitempty"`
+	// ImageDigest pins Spec.Image to a manifest of berth's registry (see
+	// App.ImageDigest); empty for a local or external image.
+	ImageDigest string `json:"image_digest,omitempty"`
+	Node        string `json:"node,omitempty"`
 	// Reason says why the instance is not placed yet.
 	Reason     string    `json:"reason,omitempty"`
 	Desired    string    `json:"desired"`

@@ -111,7 +111,7 @@ func replicasLine(before, after api.App, named bool) string {
 	case before.Revision == 0:
 		return api.Count(now, "replica")
 	case !named:
-		return api.Count(now, "replica")+", kept: the spec names none"
+		return api.Count(now, "replica") + ", kept: the spec names none"
 	case was != now:
 		return fmt.Sprintf("replicas %d -> %d, from the spec", was, now)
 	}

@@ -223,6 +223,7 @@ func startServer(ctx context.Context, g *globals, o *serverOptions, x serverExtr
 		return nil, err
 	}
 	s.registry = reg
+	api.Images = reg
 	withRegistry := http.NewServeMux()
 	withRegistry.Handle("/v2/", reg)
 	withRegistry.Handle("/", handler)

@@ -75,13 +75,17 @@ func (s *Server) putApp(w http.ResponseWriter, r *http.Request) {
 		writeFieldError(w, err)
 		return
 	}
+	digest, ok := s.resolveImage(w, r, spec.Image)
+	if !ok {
+		return
+	}
 
 	now := time.Now().UTC()
 	ctx := r.Context()
 	for {
 		old, err := store.Apps.Get(ctx, s.Store, name)
 		if errors.Is(err, store.ErrNotFound) {
-			app := api.App{Spec: spec, Revision: 1, TemplateRevision: 1, Created: now, Updated: now}
+			app := api.App{Spec: spec, Revision: 1, TemplateRevision: 1, ImageDigest: digest, Created: now, Updated: now}
 			routeOps, ok := s.claimRoutes(w, r, name, nil, spec.Routes)
 			if !ok {
 				return
@@ -114,7 +118,7 @@ func (s *Server) putApp(w http.ResponseWriter, r *http.Request) {
 		if !named {
 			spec.Replicas = old.Spec.Replicas
 		}
-		if reflect.DeepEqual(old.Spec, spec) {
+		if reflect.DeepEqual(old.Spec, spec) && old.ImageDigest == digest {
 			writeJSON(w, http.StatusOK, old) // unchanged: no new revision
 			return
 		}
@@ -122,8 +126,10 @@ func (s *Server) putApp(w http.ResponseWriter, r *http.Request) {
 		app.Spec = spec
 		app.Revision++
 		app.Updated = now
+		app.ImageDigest = digest
 		msg := fmt.Sprintf("revision %d: %s", app.Revision, replicasChange(old.Spec.ReplicaCount(), spec.ReplicaCount(), named))
-		if !api.SameTemplate(old.Spec, spec) {
+		// The same tag pushed again is another image: a rolling update.
+		if !api.SameTemplate(old.Spec, spec) || old.ImageDigest != digest {
 			app.TemplateRevision = app.Revision
 			msg = fmt.Sprintf("revision %d: %s, %s, rolling update", app.Revision, spec.Image, replicasChange(old.Spec.ReplicaCount(), spec.ReplicaCount(), named))
 		}
@@ -156,7 +162,7 @@ func (s *Server) putApp(w http.ResponseWriter, r *http.Request) {
 func replicasChange(was, now int, named bool) string {
 	switch {
 	case !named:
-		return api.Count(now, "replica")+" (kept: the spec names none)"
+		return api.Count(now, "replica") + " (kept: the spec names none)"
 	case was != now:
 		return fmt.Sprintf("replicas %d -> %d, from the spec", was, now)
 	}

@@ -38,6 +38,9 @@ type Server struct {
 	Logs func(node string) LogSource
 	// NodeTTL is how long a node stays ready without a heartbeat.
 	NodeTTL time.Duration
+	// Images resolves the tags of berth's registry at deploy time (nil:
+	// no registry, every image runs as written).
+	Images ImageResolver
 	// TaskLogs keeps the output of task attempts.
 	TaskLogs *tasklog.Store
 

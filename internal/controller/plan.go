@@ -212,14 +212,15 @@ func NewInstance(app api.App, index int, now time.Time) api.Instance {
 	spec := app.Spec
 	spec.Replicas = nil // the template; replicas belong to the app
 	return api.Instance{
-		Name:     fmt.Sprintf("%s-%d", app.Spec.Name, index),
-		App:      app.Spec.Name,
-		Index:    index,
-		Revision: app.TemplateRevision,
-		Spec:     spec,
-		Desired:  api.DesiredRun,
-		Created:  now,
-		Status:   api.Status{State: api.StatePending},
+		Name:        fmt.Sprintf("%s-%d", app.Spec.Name, index),
+		App:         app.Spec.Name,
+		Index:       index,
+		Revision:    app.TemplateRevision,
+		Spec:        spec,
+		ImageDigest: app.ImageDigest,
+		Desired:     api.DesiredRun,
+		Created:     now,
+		Status:      api.Status{State: api.StatePending},
 	}
 }
 
