@@ -33,6 +33,7 @@ type agentOptions struct {
 	reserveMemory string
 	workers       int
 	logLevel      string
+	pullCache     string
 }
 
 func agentCmd(g *globals) *cobra.Command {
@@ -67,6 +68,7 @@ names: each touches only its own node's containers.`,
 	f.StringVar(&o.reserveCPU, "reserve-cpu", "0", "CPU held back from the engine's for the host, e.g. 500m or 1")
 	f.StringVar(&o.reserveMemory, "reserve-memory", "0", "memory held back from the engine's for the host, e.g. 256Mi")
 	f.IntVar(&o.workers, "workers", 32, "containers created or stopped at once")
+	f.StringVar(&o.pullCache, "pull-cache", "127.0.0.1:0", pullCacheHelp)
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	return cmd
 }
@@ -117,7 +119,12 @@ func runAgent(g *globals, o *agentOptions) error {
 	if _, err := rt.Info(ctx); err != nil {
 		return fmt.Errorf("no Docker engine answers at %s: %w", orDefault(o.dockerURL, "the default socket"), err)
 	}
+	pullCache, err := startPullCache(ctx, o.pullCache, agentDir, strings.Split(servers, ","), token, log.With("component", "pullcache"))
+	if err != nil {
+		return err
+	}
 	ag := &agent.Agent{
+		PullCache:  pullCache,
 		Client:     client.New(servers, token),
 		Runtime:    rt,
 		Node:       o.node,

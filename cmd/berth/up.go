@@ -25,6 +25,7 @@ type upOptions struct {
 	dockerURL string
 	advertise string
 	workers   int
+	pullCache string
 }
 
 func upCmd(g *globals) *cobra.Command {
@@ -51,6 +52,7 @@ the next 'berth up' adopts them.`,
 	f.StringVar(&o.dockerURL, "docker", "", "Docker engine address (default: DOCKER_HOST or the local socket)")
 	f.StringVar(&o.advertise, "advertise", "127.0.0.1", "address where instances' published ports answer")
 	f.IntVar(&o.workers, "workers", 32, "containers the agent creates or stops at once")
+	f.StringVar(&o.pullCache, "pull-cache", "127.0.0.1:0", pullCacheHelp)
 	return cmd
 }
 
@@ -99,6 +101,10 @@ func runUp(g *globals, o *upOptions) error {
 		return err
 	}
 	ag.Client = client.New(srv.addr, token)
+	if ag.PullCache, err = startPullCache(ctx, o.pullCache, g.dataDir, []string{srv.addr}, token, log.With("component", "pullcache")); err != nil {
+		srv.close(stop)
+		return err
+	}
 	go func() { srv.errc <- ag.Run(ctx) }()
 	return srv.wait(ctx, stop)
 }

@@ -36,6 +36,10 @@ type Agent struct {
 	Workers int
 	// Heartbeat is how often the node reports it is alive.
 	Heartbeat time.Duration
+	// PullCache is host:port of this node's pull-through cache of berth's
+	// registry (internal/pullcache), through which the engine pulls the
+	// images that deploys pinned there; "" when there is none.
+	PullCache string
 	// Resync is how often every instance and container is checked again
 	// (default 10s), whatever the watch and the engine's events said.
 	Resync time.Duration
@@ -409,8 +413,12 @@ func (a *Agent) create(ctx context.Context, inst api.Instance, l *local) error {
 		a.queue.AddAfter(inst.Name, wait)
 		return nil
 	}
+	image, err := a.image(inst)
+	if err != nil {
+		return a.fail(ctx, inst, l, err.Error())
+	}
 	ictx, cancel := context.WithTimeout(ctx, imageTimeout)
-	err := a.Runtime.EnsureImage(ictx, inst.Spec.Image)
+	err = a.Runtime.EnsureImage(ictx, image)
 	cancel()
 	if err != nil {
 		return a.fail(ctx, inst, l, err.Error())
@@ -418,7 +426,7 @@ func (a *Agent) create(ctx context.Context, inst api.Instance, l *local) error {
 	spec := inst.Spec
 	id, err := a.Runtime.Create(ctx, runtime.ContainerSpec{
 		Name:        containerName(a.cluster, inst.Name, a.Node),
-		Image:       spec.Image,
+		Image:       image,
 		Command:     spec.Command,
 		Env:         spec.Env,
 		Hostname:    inst.Name + "." + a.Node,
@@ -440,6 +448,19 @@ func (a *Agent) create(ctx context.Context, inst api.Instance, l *local) error {
 		return a.fail(ctx, inst, l, fmt.Sprintf("create container: %v", err))
 	}
 	return a.start(ctx, inst, l, id)
+}
+
+// image is the reference the engine runs an instance's image by: as
+// written, or, for an image that its deploy pinned in berth's registry, at
+// its digest through this node's pull cache.
+func (a *Agent) image(inst api.Instance) (string, error) {
+	if inst.ImageDigest == "" {
+		return inst.Spec.Image, nil
+	}
+	if a.PullCache == "" {
+		return "", fmt.Errorf("image %s is in berth's registry, and this agent runs no pull cache to pull it through (--pull-cache off)", inst.Spec.Image)
+	}
+	return api.PinnedImage(a.PullCache, inst.Spec.Image, inst.ImageDigest), nil
 }
 
 // containerName is unique per instance and node, so the engine itself

@@ -22,6 +22,13 @@ type engine struct {
 
 func startEngine(t *testing.T) *engine {
 	t.Helper()
+	return startEngineWith(t, imageDemo1)
+}
+
+// startEngineWith starts an engine of the test's own holding only the
+// given images of the machine's engine.
+func startEngineWith(t *testing.T, images ...string) *engine {
+	t.Helper()
 	dir, err := os.MkdirTemp("", "berth-e2e-dockerd-")
 	if err != nil {
 		t.Fatal(err)
@@ -53,8 +60,8 @@ func startEngine(t *testing.T) *engine {
 		_ = os.RemoveAll(dir)
 	})
 	e.start(t)
-	// No registry here: the images come from the machine's engine.
-	for _, image := range []string{imageDemo1} {
+	// The images come from the machine's engine, not from a registry.
+	for _, image := range images {
 		cmd := exec.Command("sh", "-c", fmt.Sprintf("docker save %s | docker -H unix://%s load -q", image, e.sock))
 		if out, err := cmd.CombinedOutput(); err != nil {
 			t.Fatalf("load %s into the test engine: %v: %s", image, err, out)

@@ -185,9 +185,10 @@ func routeFor(rs []route, host string) (route, bool) {
 
 // appRecord is what the tests read of GET /v1/apps/{name}.
 type appRecord struct {
-	Revision int64 `json:"revision"`
-	Idled    bool  `json:"idled"`
-	Deleting bool  `json:"deleting"`
+	Revision    int64  `json:"revision"`
+	Idled       bool   `json:"idled"`
+	Deleting    bool   `json:"deleting"`
+	ImageDigest string `json:"image_digest"`
 }
 
 // metrics fetches GET /metrics from the API address, without a token.
