@@ -20,101 +20,6 @@ import (
 	"time"
 )
 
-// upInDir starts `berth up` with dir as its working directory and no
-// --data-dir: the default ./.berth, relative, as `make up` runs it. The
-// usual cleanup applies.
-func upInDir(t *testing.T, dir string) *berth {
-	t.Helper()
-	needDocker(t)
-	b := &berth{dataDir: filepath.Join(dir, ".berth"), logPath: filepath.Join(t.TempDir(), "berth.log")}
-	t.Cleanup(func() { // registered first: runs after berth has stopped
-		if b.cluster != "" {
-			removeClusterContainers(t, b.cluster)
-			removeTaskContainers(t, b.cluster)
-		}
-	})
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("---- tail of berth's log (%s) ----\n%s", b.logPath, tailFile(b.logPath, 80))
-		}
-		b.stop(t)
-	})
-	for attempt := 1; ; attempt++ {
-		b.addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(t)))
-		b.gwAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(t)))
-		err := b.upIn(t, dir)
-		if err == nil {
-			break
-		}
-		if !strings.Contains(err.Error(), "address already in use") || attempt == 5 {
-			t.Fatal(err)
-		}
-	}
-	tok, err := os.ReadFile(filepath.Join(b.dataDir, "token"))
-	if err != nil {
-		t.Fatalf("berth up in %s: ./.berth/token: %v", dir, err)
-	}
-	b.token = strings.TrimSpace(string(tok))
-	var st struct {
-		Cluster string `json:"cluster"`
-	}
-	b.getJSON(t, "/v1/status", &st)
-	b.cluster = st.Cluster
-	waitFor(t, 30*time.Second, func() (bool, string) {
-		var nodes list[node]
-		if err := b.getJSONErr("/v1/nodes", &nodes); err != nil {
-			return false, err.Error()
-		}
-		for _, n := range nodes.Items {
-			if n.State == "ready" {
-				b.node = n.Name
-				return true, ""
-			}
-		}
-		return false, fmt.Sprintf("no ready node yet: %+v", nodes.Items)
-	})
-	return b
-}
-
-// upIn starts the process and waits until its API answers.
-func (b *berth) upIn(t *testing.T, dir string) error {
-	t.Helper()
-	logf, err := os.OpenFile(b.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer logf.Close()
-	cmd := exec.Command(berthBin, "up", "--listen", b.addr, "--gateway-addr", b.gwAddr)
-	cmd.Dir, cmd.Env = dir, cleanEnv()
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start berth up in %s: %v", dir, err)
-	}
-	exited := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(exited) }()
-	b.mu.Lock()
-	b.cmd, b.exited = cmd, exited
-	b.mu.Unlock()
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		select {
-		case <-exited:
-			b.mu.Lock()
-			b.cmd = nil
-			b.mu.Unlock()
-			return fmt.Errorf("berth up exited while starting (%s); log:\n%s", cmd.ProcessState, tailFile(b.logPath, 40))
-		default:
-		}
-		if code, _, err := b.rawRequest("GET", "/healthz", nil, "", ""); err == nil && code == 200 {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("berth up did not answer on %s within 60s; log:\n%s", b.addr, tailFile(b.logPath, 40))
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
 // runIn runs berth in dir with env added, killed after limit; it returns
 // the result and how long it took.
 func runIn(t *testing.T, dir string, env []string, limit time.Duration, args ...string) (cliResult, time.Duration) {
@@ -160,7 +65,7 @@ type fhApp struct {
 func TestFirstHourDataDir(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
-	b := upInDir(t, dir)
+	b := startBerthAsMakeUp(t, dir)
 	env := []string{"BERTH_ADDR=" + b.addr}
 
 	job := filepath.Join(t.TempDir(), "job.json")

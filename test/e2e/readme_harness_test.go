@@ -93,8 +93,9 @@ func splitComment(line string) (code, comment string) {
 
 // ---- berth up as make up runs it ----
 
-// startBerthAsMakeUp starts `bin/berth up` in dir with the default data
-// dir (./.berth), as scripts/up.sh does, on free ports. The harness's
+// startBerthAsMakeUp starts `berth up` in dir with the default data dir
+// (./.berth), as scripts/up.sh does, on free ports: dir's ./bin/berth when
+// it has one (the README's walkthrough), else the binary under test. The harness's
 // cleanup applies: berth is stopped and the cluster's containers removed.
 func startBerthAsMakeUp(t *testing.T, dir string) *berth {
 	t.Helper()
@@ -159,7 +160,11 @@ func (b *berth) startIn(t *testing.T, dir string) error {
 		t.Fatal(err)
 	}
 	defer logf.Close()
-	cmd := exec.Command("./bin/berth", "up", "--listen", b.addr, "--gateway-addr", b.gwAddr)
+	bin := berthBin
+	if _, err := os.Stat(filepath.Join(dir, "bin", "berth")); err == nil {
+		bin = "./bin/berth"
+	}
+	cmd := exec.Command(bin, "up", "--listen", b.addr, "--gateway-addr", b.gwAddr)
 	cmd.Dir, cmd.Env = dir, cleanEnv()
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
