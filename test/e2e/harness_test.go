@@ -144,15 +144,23 @@ func (b *berth) startProcess(t *testing.T) error {
 		args = []string{"up", "--listen", b.addr, "--gateway-addr", b.gwAddr, "--data-dir", b.dataDir}
 	}
 	fmt.Fprintf(logf, "==== e2e: start %d: berth %s\n", b.starts, strings.Join(args, " "))
+	b.mu.Unlock()
 	cmd := exec.Command(berthBin, args...)
 	cmd.Env = cleanEnv()
+	return b.run(t, cmd, logf)
+}
+
+// run starts berth's process cmd with its output to logf and waits until
+// its API answers; it fails when the process exits first.
+func (b *berth) run(t *testing.T, cmd *exec.Cmd, logf *os.File) error {
+	t.Helper()
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
-		b.mu.Unlock()
 		t.Fatalf("start berth: %v", err)
 	}
 	exited := make(chan struct{})
 	go func() { _ = cmd.Wait(); close(exited) }()
+	b.mu.Lock()
 	b.cmd, b.exited = cmd, exited
 	b.mu.Unlock()
 

@@ -166,33 +166,7 @@ func (b *berth) startIn(t *testing.T, dir string) error {
 	}
 	cmd := exec.Command(bin, "up", "--listen", b.addr, "--gateway-addr", b.gwAddr)
 	cmd.Dir, cmd.Env = dir, cleanEnv()
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start berth up in %s: %v", dir, err)
-	}
-	exited := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(exited) }()
-	b.mu.Lock()
-	b.cmd, b.exited = cmd, exited
-	b.mu.Unlock()
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		select {
-		case <-exited:
-			b.mu.Lock()
-			b.cmd = nil
-			b.mu.Unlock()
-			return fmt.Errorf("berth up exited while starting (%s); log:\n%s", cmd.ProcessState, tailFile(b.logPath, 40))
-		default:
-		}
-		if code, _, err := b.rawRequest("GET", "/healthz", nil, "", ""); err == nil && code == 200 {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("berth up did not answer GET /healthz on %s within 60s; log:\n%s", b.addr, tailFile(b.logPath, 40))
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	return b.run(t, cmd, logf)
 }
 
 // ---- one shell for all the lines ----
