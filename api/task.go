@@ -27,6 +27,8 @@ type TaskSpec struct {
 	// kept apart from the task record; on a read, PayloadSize says it exists.
 	Payload        []byte `json:"payload,omitempty"`
 	IdempotencyKey string `json:"idempotency_key,omitempty"`
+	// Build makes the task a build (api/build.go); only POST /v1/builds sets it.
+	Build *BuildSpec `json:"build,omitempty"`
 }
 
 // Task states. Queued, retrying and running are active; the rest are
@@ -74,6 +76,8 @@ type Task struct {
 	Updated          time.Time `json:"updated"`
 	Ended            time.Time `json:"ended,omitzero"`
 	Version          int64     `json:"version,omitempty"`
+	// Built is a build's image, once pushed into berth's registry.
+	Built *BuildResult `json:"built,omitempty"`
 }
 
 // Attempt is one run of a task in one container.
@@ -238,6 +242,8 @@ func (s *TaskSpec) Validate(prefix string, maxMemory Bytes) error {
 		return f("payload", "%d bytes is more than the limit of %d (1 MiB)", len(s.Payload), MaxPayload)
 	case s.IdempotencyKey != "" && !idemKey.MatchString(s.IdempotencyKey):
 		return f("idempotency_key", "%q: use 1-200 of A-Z a-z 0-9 . _ : / -", s.IdempotencyKey)
+	case s.Build != nil:
+		return f("build", "builds are submitted with POST /v1/builds (berth build), not as tasks")
 	}
 	for i, a := range s.Command {
 		if err := plainText(fmt.Sprintf("%scommand[%d]", prefix, i), a); err != nil {

@@ -4,7 +4,8 @@
 # bench/results.txt), bench/gateway (bench/gateway-results.txt),
 # bench/tasks (bench/tasks-results.txt), bench/failover
 # (bench/failover/results.txt) and bench/placement with its million run
-# (bench/placement-results.txt; about 15 minutes). Extra arguments go to the first
+# (bench/placement-results.txt; about 15 minutes) and bench/images, the registry's
+# throughput and the herd of pulls (bench/images-results.txt). Extra arguments go to the first
 # benchmark (e.g. -keep to keep berth's log and data dir, -v for every event).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,6 +27,7 @@ go build -o "$tmp/bench-gateway" ./bench/gateway
 go build -o "$tmp/bench-tasks" ./bench/tasks
 go build -o "$tmp/bench-failover" ./bench/failover
 go build -o "$tmp/bench-placement" ./bench/placement
+go build -o "$tmp/bench-images" ./bench/images
 
 start=$SECONDS
 "$tmp/bench" -berth "$tmp/berth" -out bench/results.txt "$@"
@@ -33,4 +35,5 @@ start=$SECONDS
 "$tmp/bench-tasks" -berth "$tmp/berth" -out bench/tasks-results.txt
 "$tmp/bench-failover" -berth "$tmp/berth" -out bench/failover/results.txt
 "$tmp/bench-placement" -c1m -out bench/placement-results.txt
+"$tmp/bench-images" -berth "$tmp/berth" -out bench/images-results.txt
 echo "bench: done in $((SECONDS - start))s"

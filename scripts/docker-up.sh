@@ -5,6 +5,17 @@ set -euo pipefail
 
 answers() { timeout 5 docker info >/dev/null 2>&1; }
 
+# berth build (git work trees) and its tests need git (Debian package git).
+if ! command -v git >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "docker-up: installing git..." >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -q git >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q git >/dev/null; }
+  else
+    echo "docker-up: git is missing and this is not root: install it (apt-get install git)" >&2
+  fi
+fi
+
 if answers; then exit 0; fi
 
 if ! command -v dockerd >/dev/null 2>&1; then

@@ -11,6 +11,7 @@ import (
 	"regexp"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -34,6 +35,7 @@ type agentOptions struct {
 	workers       int
 	logLevel      string
 	pullCache     string
+	imageTTL      time.Duration
 }
 
 func agentCmd(g *globals) *cobra.Command {
@@ -69,6 +71,7 @@ names: each touches only its own node's containers.`,
 	f.StringVar(&o.reserveMemory, "reserve-memory", "0", "memory held back from the engine's for the host, e.g. 256Mi")
 	f.IntVar(&o.workers, "workers", 32, "containers created or stopped at once")
 	f.StringVar(&o.pullCache, "pull-cache", "127.0.0.1:0", pullCacheHelp)
+	addImageRetentionFlag(f, &o.imageTTL)
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	return cmd
 }
@@ -124,16 +127,17 @@ func runAgent(g *globals, o *agentOptions) error {
 		return err
 	}
 	ag := &agent.Agent{
-		PullCache:  pullCache,
-		Client:     client.New(servers, token),
-		Runtime:    rt,
-		Node:       o.node,
-		Address:    o.advertise,
-		Labels:     o.labels,
-		Reserve:    reserve,
-		Workers:    o.workers,
-		PayloadDir: filepath.Join(agentDir, "task-payloads"),
-		Log:        log.With("component", "agent"), // the agent names its node where it matters
+		PullCache:      pullCache,
+		ImageRetention: o.imageTTL,
+		Client:         client.New(servers, token),
+		Runtime:        rt,
+		Node:           o.node,
+		Address:        o.advertise,
+		Labels:         o.labels,
+		Reserve:        reserve,
+		Workers:        o.workers,
+		PayloadDir:     filepath.Join(agentDir, "task-payloads"),
+		Log:            log.With("component", "agent"), // the agent names its node where it matters
 	}
 	log.Info("agent starting", "node", o.node, "servers", servers, "labels", o.labels, "advertise", o.advertise)
 	err = ag.Run(ctx)

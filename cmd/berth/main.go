@@ -60,6 +60,8 @@ each Docker host (see docs/operations.md).`,
 		runCmd(g), tasksCmd(g), taskCmd(g), queueCmd(g), scheduleCmd(g),
 		tokenCmd(g),
 	)
+	root.AddCommand(buildCmds(g)...)
+	root.AddCommand(imageCmd(g))
 	if cmd, err := root.ExecuteC(); err != nil {
 		if ex := exitCode(0); errors.As(err, &ex) {
 			os.Exit(int(ex)) // the verb has said why

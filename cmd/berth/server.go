@@ -43,6 +43,7 @@ type serverOptions struct {
 	gateway  string
 	// taskRetention: ended tasks, their payloads and output are deleted after this.
 	taskRetention time.Duration
+	imageGC       imageGCOptions
 	etcd          etcdOptions
 }
 
@@ -63,6 +64,7 @@ func (o *serverOptions) addFlags(f *pflag.FlagSet, gatewayDefault string) {
 	f.StringVar(&o.gateway, "gateway-addr", gatewayDefault, "address of the gateway (\"\" for none)")
 	f.DurationVar(&o.nodeTTL, "node-ttl", 10*time.Second, "a node without a heartbeat for this long is down and its instances are replaced")
 	f.DurationVar(&o.taskRetention, "task-retention", 7*24*time.Hour, "how long ended tasks, their payloads and output are kept")
+	o.imageGC.addFlags(f)
 	f.StringVar(&o.etcd.endpoints, "etcd", "", "client URLs of an external etcd cluster, comma-separated (default: an embedded etcd in --data-dir)")
 	f.StringVar(&o.etcd.name, "etcd-name", "", "this server's member name in --etcd-cluster")
 	f.StringVar(&o.etcd.cluster, "etcd-cluster", "", "every embedded etcd member as name=http://host:peer-port,... (the same on every server)")
@@ -160,6 +162,9 @@ func startServer(ctx context.Context, g *globals, o *serverOptions, x serverExtr
 	if o.nodeTTL <= 0 {
 		return nil, fmt.Errorf("--node-ttl: %s is not a positive duration", o.nodeTTL)
 	}
+	if err := o.imageGC.check(); err != nil {
+		return nil, err
+	}
 	if err := os.MkdirAll(g.dataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("data dir: %w", err)
 	}
@@ -224,6 +229,7 @@ func startServer(ctx context.Context, g *globals, o *serverOptions, x serverExtr
 	}
 	s.registry = reg
 	api.Images = reg
+	o.imageGC.start(ctx, reg, st, name, log) // every server collects its own registry's garbage
 	withRegistry := http.NewServeMux()
 	withRegistry.Handle("/v2/", reg)
 	withRegistry.Handle("/", handler)

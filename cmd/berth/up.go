@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -26,6 +27,7 @@ type upOptions struct {
 	advertise string
 	workers   int
 	pullCache string
+	imageTTL  time.Duration
 }
 
 func upCmd(g *globals) *cobra.Command {
@@ -53,6 +55,7 @@ the next 'berth up' adopts them.`,
 	f.StringVar(&o.advertise, "advertise", "127.0.0.1", "address where instances' published ports answer")
 	f.IntVar(&o.workers, "workers", 32, "containers the agent creates or stops at once")
 	f.StringVar(&o.pullCache, "pull-cache", "127.0.0.1:0", pullCacheHelp)
+	addImageRetentionFlag(f, &o.imageTTL)
 	return cmd
 }
 
@@ -77,12 +80,13 @@ func runUp(g *globals, o *upOptions) error {
 	// The agent exists before the API so that the API can reach its logs;
 	// it gets its client once the API listens.
 	ag := &agent.Agent{
-		Runtime:    rt,
-		Node:       o.node,
-		Address:    o.advertise,
-		Workers:    o.workers,
-		PayloadDir: filepath.Join(g.dataDir, "task-payloads"),
-		Log:        log.With("component", "agent"),
+		Runtime:        rt,
+		Node:           o.node,
+		Address:        o.advertise,
+		Workers:        o.workers,
+		PayloadDir:     filepath.Join(g.dataDir, "task-payloads"),
+		Log:            log.With("component", "agent"),
+		ImageRetention: o.imageTTL,
 	}
 	logs := func(node string) apiserver.LogSource {
 		if node == o.node {

@@ -40,6 +40,9 @@ type Agent struct {
 	// registry (internal/pullcache), through which the engine pulls the
 	// images that deploys pinned there; "" when there is none.
 	PullCache string
+	// ImageRetention: an image pulled through PullCache that no container
+	// on the node has used for this long is removed (images.go); 0: never.
+	ImageRetention time.Duration
 	// Resync is how often every instance and container is checked again
 	// (default 10s), whatever the watch and the engine's events said.
 	Resync time.Duration
@@ -51,6 +54,7 @@ type Agent struct {
 	cluster string
 	queue   *workQueue
 	tasks   *taskRunner
+	images  imageUse
 
 	mu     sync.Mutex
 	insts  map[string]api.Instance // instances placed on this node, as the server has them
@@ -115,6 +119,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	run(a.follow)
 	run(a.watchEngine)
 	run(a.resync)
+	run(a.cleanImages)
 	a.tasks = a.newTaskRunner()
 	run(a.tasks.run)
 	for range a.Workers {
@@ -417,6 +422,7 @@ func (a *Agent) create(ctx context.Context, inst api.Instance, l *local) error {
 	if err != nil {
 		return a.fail(ctx, inst, l, err.Error())
 	}
+	a.useImage(image) // before it is pulled: a clean-up spares it
 	ictx, cancel := context.WithTimeout(ctx, imageTimeout)
 	err = a.Runtime.EnsureImage(ictx, image)
 	cancel()

@@ -28,6 +28,9 @@ const (
 // save its logs, report the end, then remove the container. It returns
 // false when ctx ended first: the attempt is left for the next start.
 func (r *taskRunner) runAttempt(ctx context.Context, run *attemptRun, t api.Task) bool {
+	if t.Spec.Build != nil {
+		return r.runBuild(ctx, run, t) // build.go: the engine builds, no container of ours
+	}
 	a := *t.Current()
 	if isClosed(run.abandon) {
 		return true

@@ -43,6 +43,13 @@ type Server struct {
 	Images ImageResolver
 	// TaskLogs keeps the output of task attempts.
 	TaskLogs *tasklog.Store
+	// Builds (builds.go): where contexts wait for their builds (default
+	// <tmp>/berth-builds-<cluster>), the most a context may hold (default
+	// api.DefaultBuildContextMax), and the registry built images are
+	// pushed into (default: Images, when it serves the registry API).
+	BuildDir        string
+	BuildContextMax int64
+	Registry        http.Handler
 
 	started time.Time
 	tokens  tokenCache
@@ -124,6 +131,12 @@ func (s *Server) routes() []route {
 		{"GET /v1/tasks/{id}/logs", userOnly, s.taskLogs},
 		{"PUT /v1/tasks/{id}/attempts/{n}/log", userOrAgent, s.putTaskLog},
 		{"POST /v1/tasks/reports", userOrAgent, s.postTaskReports},
+		{"POST /v1/builds", userOnly, s.submitBuild},
+		{"GET /v1/builds", userOnly, s.listBuilds},
+		{"GET /v1/builds/{id}", userOnly, s.getBuild},
+		{"GET /v1/builds/{id}/logs", userOnly, s.buildLogs},
+		{"GET /v1/builds/{id}/context", userOrAgent, s.buildContext},
+		{"PUT /v1/builds/{id}/image", agentOnly, s.putBuildImage},
 		{"GET /v1/queues", userOnly, s.listQueues},
 		{"PUT /v1/queues/{name}", userOnly, s.putQueue},
 		{"GET /v1/schedules", userOnly, s.listSchedules},
@@ -133,6 +146,7 @@ func (s *Server) routes() []route {
 		{"POST /v1/tokens", userOnly, s.createToken},
 		{"GET /v1/tokens", userOnly, s.listTokens},
 		{"DELETE /v1/tokens/{id}", userOnly, s.deleteToken},
+		{"GET /v1/images", userOnly, s.listImages},
 	}
 }
 

@@ -27,6 +27,9 @@ const maxScheduleBodyBytes = 2 << 20
 
 // bodyLimit is the most a request's body may hold.
 func bodyLimit(r *http.Request) int64 {
+	if n, ok := buildBodyLimit(r); ok {
+		return n
+	}
 	switch {
 	case (r.Method == http.MethodPost || r.Method == http.MethodPut) && strings.HasPrefix(r.URL.Path, "/v1/tasks"):
 		return MaxTaskBodyBytes

@@ -191,7 +191,8 @@ func taskInstance(t *api.Task) api.Instance {
 	}
 	return api.Instance{
 		Name: "task/" + t.ID, App: "task/" + t.Spec.Queue, Node: node, Desired: api.DesiredRun,
-		Spec: api.AppSpec{Resources: t.Spec.Resources}, Created: t.Created,
+		Spec:    api.AppSpec{Resources: t.Spec.Resources, Placement: t.Spec.Build.Placement()}, // builds: maybe on builder nodes only
+		Created: t.Created,
 	}
 }
 

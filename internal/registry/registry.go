@@ -34,6 +34,12 @@
 //     data set out and passes everything else with zero failures.
 //   - Non-distributable layers may name http(s) URLs (the registry stores
 //     the manifest; it never fetches them).
+//   - Garbage collection (gc.go): images nothing uses and nothing pushed
+//     or resolved within a grace are deleted, then unreferenced blobs are
+//     swept with manifests read-only for a few milliseconds. Every server
+//     collects its own storage (it is not shared yet) with the cluster's
+//     set of digests in use; shared storage would need the collection on
+//     the leader only and the read-only switch on every server.
 //   - HTTP uploads carry their state in a token HMAC'd with Config.Secret.
 //     Servers that share the storage must share the secret, or an upload
 //     started on one and continued on another fails.
@@ -84,6 +90,7 @@ type Registry struct {
 	referrers *referrers
 	authorize Authorize
 	logger    *logrus.Entry // Distribution's view of Config.Log
+	gc        gcState       // garbage collection (gc.go)
 }
 
 // New builds the registry. It may be called several times in a process
@@ -122,7 +129,7 @@ func New(cfg Config) (*Registry, error) {
 		app.Shutdown()
 		return nil, fmt.Errorf("registry: referrers: %w", err)
 	}
-	return &Registry{app: app, referrers: rf, authorize: cfg.Authorize, logger: logger}, nil
+	return &Registry{app: app, referrers: rf, authorize: cfg.Authorize, logger: logger, gc: gcState{dir: dir}}, nil
 }
 
 // appConfig is the registry's whole configuration.
@@ -165,6 +172,11 @@ func (g *Registry) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if !g.allowed(w, r) {
 		return
 	}
+	release, ok := g.gc.admit(w, r) // read-only while a collection sweeps
+	if !ok {
+		return
+	}
+	defer release()
 	r = r.WithContext(logContext{Context: r.Context(), logger: g.logger})
 	if name, dgst, ok := referrersPath(r.URL.Path); ok {
 		g.referrers.serve(w, r, name, dgst)

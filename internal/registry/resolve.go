@@ -27,6 +27,8 @@ var manifestTypes = []string{
 // asks the registry's own handler, in process and past the token check:
 // the server's question, not a client's.
 func (g *Registry) Resolve(ctx context.Context, name, tag string) (string, error) {
+	g.gc.deletes.RLock() // a collection deleting manifests waits, and spares what this names
+	defer g.gc.deletes.RUnlock()
 	rec, err := g.ask(ctx, http.MethodHead, "/v2/"+name+"/manifests/"+url.PathEscape(tag))
 	if err != nil {
 		return "", fmt.Errorf("resolve %s:%s: %w", name, tag, err)
@@ -37,6 +39,7 @@ func (g *Registry) Resolve(ctx context.Context, name, tag string) (string, error
 		if d == "" {
 			return "", fmt.Errorf("resolve %s:%s: the registry answered without a digest", name, tag)
 		}
+		g.gc.noteResolved(d)
 		return d, nil
 	case http.StatusNotFound:
 		tags, err := g.ask(ctx, http.MethodGet, "/v2/"+name+"/tags/list")

@@ -36,6 +36,18 @@ var ErrNotFound = errors.New("container not found")
 // (Docker answers 400, invalid parameter): creating it again cannot work.
 var ErrInvalidSpec = errors.New("the engine refused the container's configuration")
 
+// ErrImageInUse means a container (running or stopped) uses the image.
+var ErrImageInUse = errors.New("image in use by a container")
+
+// Image is one image on the engine.
+type Image struct {
+	ID   string
+	Refs []string // its repository tags and digests: repo:tag, repo@sha256:...
+	Size int64
+	// Containers is how many containers, running or stopped, use it.
+	Containers int
+}
+
 // Info describes the engine's host.
 type Info struct {
 	CPUs        int   // logical CPUs
@@ -110,6 +122,12 @@ type Runtime interface {
 	// EnsureImage makes the image present locally, pulling it if needed.
 	// It returns an error wrapping ErrImageNotFound when it cannot.
 	EnsureImage(ctx context.Context, ref string) error
+	// ListImages returns the engine's images.
+	ListImages(ctx context.Context) ([]Image, error)
+	// RemoveImage removes one reference of an image, and the image with
+	// its last one. An image a container uses stays: the error wraps
+	// ErrImageInUse. A missing reference is not an error.
+	RemoveImage(ctx context.Context, ref string) error
 	// List returns the containers (running or not) carrying all the given labels.
 	List(ctx context.Context, labels map[string]string) ([]Container, error)
 	Inspect(ctx context.Context, id string) (Container, error)
@@ -132,4 +150,25 @@ type Runtime interface {
 	// Events streams container events for containers carrying the given labels
 	// until ctx ends or the engine connection breaks (then errs yields the error).
 	Events(ctx context.Context, labels map[string]string) (<-chan Event, <-chan error)
+}
+
+// ErrBuildFailed means the build itself failed (the Dockerfile's error,
+// a step that exited non-zero): building again cannot help.
+var ErrBuildFailed = errors.New("the build failed")
+
+// BuildOptions are the limits and labels of one image build.
+type BuildOptions struct {
+	MemoryBytes int64             // cap of each step's container (no swap beyond it)
+	NanoCPUs    int64             // CPUs each step's container may use
+	Labels      map[string]string // added to the image
+}
+
+// Builder builds images; runtime/docker and runtime/fake have it.
+type Builder interface {
+	// Build builds the image of a context tar (a Dockerfile at its root),
+	// writing the build's output to log as it comes, and returns the
+	// image's id. A failure of the build itself wraps ErrBuildFailed.
+	Build(ctx context.Context, buildContext io.Reader, opts BuildOptions, log io.Writer) (imageID string, err error)
+	// SaveImage streams the image as `docker save` writes it.
+	SaveImage(ctx context.Context, imageID string) (io.ReadCloser, error)
 }

@@ -41,11 +41,13 @@ type Runtime struct {
 	seq        int
 	nextPort   int
 	images     map[string]bool // nil: every image exists
+	listed     []runtime.Image // what ListImages shows (images.go); nil: none
 	exec       func(id string, cmd []string) int
 	run        RunFunc
 	refuse     func(runtime.ContainerSpec) error
 	info       runtime.Info
 	subs       map[*subscriber]struct{}
+	built      map[string][]byte // image id -> its `docker save` tar (build.go)
 }
 
 type entry struct {
@@ -191,7 +193,11 @@ func (r *Runtime) EnsureImage(ctx context.Context, ref string) error {
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return r.checkImage(ref)
+	if err := r.checkImage(ref); err != nil {
+		return err
+	}
+	r.pulled(ref)
+	return nil
 }
 
 func (r *Runtime) checkImage(ref string) error {
