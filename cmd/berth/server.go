@@ -22,6 +22,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
+	berthapi "berth/api"
 	"berth/internal/apiserver"
 	"berth/internal/client"
 	"berth/internal/controller"
@@ -36,11 +37,12 @@ const leaderTTL = 2 * time.Second
 
 // serverOptions are the flags of `berth server`, which `berth up` shares.
 type serverOptions struct {
-	listen   string
-	apiURL   string // this server's URL as others reach it: its name in the election
-	logLevel string
-	nodeTTL  time.Duration
-	gateway  string
+	buildContextMax string
+	listen          string
+	apiURL          string // this server's URL as others reach it: its name in the election
+	logLevel        string
+	nodeTTL         time.Duration
+	gateway         string
 	// taskRetention: ended tasks, their payloads and output are deleted after this.
 	taskRetention time.Duration
 	imageGC       imageGCOptions
@@ -61,6 +63,7 @@ func (o *serverOptions) addFlags(f *pflag.FlagSet, gatewayDefault string) {
 	f.StringVar(&o.listen, "listen", defaultAddr, "address of the API")
 	f.StringVar(&o.apiURL, "api-url", "", "this server's API URL as agents and other servers reach it (default: from --listen and the host name)")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
+	f.StringVar(&o.buildContextMax, "build-context-max", "500Mi", "the most a build's context (berth build) may hold")
 	f.StringVar(&o.gateway, "gateway-addr", gatewayDefault, "address of the gateway (\"\" for none)")
 	f.DurationVar(&o.nodeTTL, "node-ttl", 10*time.Second, "a node without a heartbeat for this long is down and its instances are replaced")
 	f.DurationVar(&o.taskRetention, "task-retention", 7*24*time.Hour, "how long ended tasks, their payloads and output are kept")
@@ -210,9 +213,15 @@ func startServer(ctx context.Context, g *globals, o *serverOptions, x serverExtr
 		name = apiURL(s.addr)
 	}
 
+	maxContext, err := berthapi.ParseBytes(o.buildContextMax)
+	if err != nil || maxContext <= 0 {
+		lis.Close()
+		return nil, fmt.Errorf("--build-context-max: %q is not a size", o.buildContextMax)
+	}
 	api := &apiserver.Server{
 		Store: st, Token: token, Version: version, Cluster: cluster, NodeTTL: o.nodeTTL,
 		TaskLogs: taskLogs, Logs: x.logs,
+		BuildDir: filepath.Join(g.dataDir, "builds"), BuildContextMax: int64(maxContext),
 		Log: log.With("component", "api"),
 	}
 	handler := api.Handler()
@@ -228,7 +237,7 @@ func startServer(ctx context.Context, g *globals, o *serverOptions, x serverExtr
 		return nil, err
 	}
 	s.registry = reg
-	api.Images = reg
+	api.Images, api.Registry = reg, reg
 	o.imageGC.start(ctx, reg, st, name, log) // every server collects its own registry's garbage
 	withRegistry := http.NewServeMux()
 	withRegistry.Handle("/v2/", reg)

@@ -142,6 +142,7 @@ func appConfig(dir, secret string) *configuration.Configuration {
 	}
 	c.HTTP.Secret = secret
 	c.HTTP.RelativeURLs = true
+	c.Catalog.MaxEntries = 1000 // 0 answers every /v2/_catalog with nothing
 	// A non-distributable layer may name where it is fetched from; the
 	// registry stores the manifest and never fetches the URL itself.
 	c.Validation.Manifests.URLs.Allow = []string{"^https?://"}
