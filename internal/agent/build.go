@@ -228,21 +228,7 @@ func (r *taskRunner) uploadBuildLog(ctx context.Context, id string, n int, log *
 // gave the server, and returns its size and whether it was cut.
 func (r *taskRunner) saveBuildLog(ctx context.Context, id string, n int, log *buildLog, sent int64) (int64, bool) {
 	data, cut := log.all()
-	for try := 1; ; try++ {
-		err := r.putLog(ctx, id, n, sent, data[min(sent, int64(len(data))):], true)
-		if err == nil || ctx.Err() != nil {
-			break
-		}
-		if client.IsStatus(err, 400) && sent > 0 {
-			sent = 0 // the server lost a piece: the whole log then
-			continue
-		}
-		if isClientError(err) || try == finalLogTries {
-			r.log.Warn("save build log", "task", id, "attempt", n, "err", err)
-			break
-		}
-		sleep(ctx, time.Duration(try)*200*time.Millisecond)
-	}
+	r.putFinalLog(ctx, id, n, data, sent)
 	return int64(len(data)), cut
 }
 

@@ -178,10 +178,18 @@ func (r *taskRunner) saveLog(ctx context.Context, id string, n int, containerID 
 		// the log is complete, so no upload (most short tasks print nothing).
 		return 0, false
 	}
+	r.putFinalLog(ctx, id, n, data, sent)
+	return int64(len(data)), cut
+}
+
+// putFinalLog uploads data, an attempt's whole output, as final from
+// offset sent, retrying a few times; a server that lost a piece gets it
+// all again.
+func (r *taskRunner) putFinalLog(ctx context.Context, id string, n int, data []byte, sent int64) {
 	for try := 1; ; try++ {
-		err := r.putLog(ctx, id, n, sent, data[sent:], true)
+		err := r.putLog(ctx, id, n, sent, data[min(sent, int64(len(data))):], true)
 		if err == nil || ctx.Err() != nil {
-			break
+			return
 		}
 		if client.IsStatus(err, 400) && sent > 0 {
 			sent = 0 // the server lost a piece: the whole log then
@@ -189,11 +197,10 @@ func (r *taskRunner) saveLog(ctx context.Context, id string, n int, containerID 
 		}
 		if isClientError(err) || try == finalLogTries {
 			r.log.Warn("save task log", "task", id, "attempt", n, "err", err)
-			break
+			return
 		}
 		sleep(ctx, time.Duration(try)*200*time.Millisecond)
 	}
-	return int64(len(data)), cut
 }
 
 // readLog reads the container's whole output, keeping api.MaxTaskLog

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"berth/internal/testenv"
 	"context"
 	"fmt"
 	"os"
@@ -36,10 +37,7 @@ func needDocker(t testing.TB) {
 	if skipReason == "" {
 		return
 	}
-	if os.Getenv("CI") == "true" {
-		t.Fatal(skipReason)
-	}
-	t.Skip(skipReason)
+	testenv.Missing(t, skipReason)
 }
 
 func TestMain(m *testing.M) {
