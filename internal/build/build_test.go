@@ -2,7 +2,6 @@ package build
 
 import (
 	"archive/tar"
-	"berth/internal/testenv"
 	"bytes"
 	"context"
 	"errors"
@@ -14,6 +13,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"berth/internal/testenv"
 )
 
 func writeFiles(t *testing.T, dir string, files map[string]string) {

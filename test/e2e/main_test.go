@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"berth/internal/testenv"
 	"context"
 	"fmt"
 	"os"
@@ -11,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"berth/internal/testenv"
 )
 
 // Images the tests run; scripts/build-images.sh builds them.
