@@ -117,7 +117,11 @@ func allow(a access, pattern string, h http.HandlerFunc) http.HandlerFunc {
 // /v1/events (needs a user token; this is an agent token, which ...)".
 func refusal(a access, pattern, role string) string {
 	if a == agentOnly {
-		return fmt.Sprintf("registering a node needs an agent token (berth token create --role agent); this is a %s token", role)
+		what := pattern + " is for agents and"
+		if pattern == "PUT /v1/nodes/{name}" {
+			what = "registering a node"
+		}
+		return fmt.Sprintf("%s needs an agent token (berth token create --role agent); this is a %s token", what, role)
 	}
 	article := "a"
 	if strings.HasPrefix(role, "a") {

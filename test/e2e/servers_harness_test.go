@@ -133,6 +133,7 @@ type servers struct {
 	agents  []*bagent
 	token   string // the bootstrap user token, the same on every server
 	cluster string
+	logDir  string // the servers' and agents' logs
 }
 
 // startServers starts n servers: one on its own embedded etcd, or several
@@ -141,7 +142,9 @@ type servers struct {
 func startServers(t *testing.T, n int) *servers {
 	t.Helper()
 	needDocker(t)
-	c := &servers{token: randomToken(t)}
+	// The logs' dir is made before the cleanup below is registered, so that
+	// it is removed after that cleanup has shown their tails.
+	c := &servers{token: randomToken(t), logDir: t.TempDir()}
 	t.Cleanup(func() {
 		if t.Failed() {
 			for _, p := range c.procs() {
@@ -189,7 +192,7 @@ func (c *servers) launch(t *testing.T, n int) error {
 	for i := range n {
 		s := &bserver{addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(t))), dataDir: t.TempDir()}
 		s.name = fmt.Sprintf("server s%d", i+1)
-		s.logPath = filepath.Join(t.TempDir(), fmt.Sprintf("server-s%d.log", i+1))
+		s.logPath = filepath.Join(c.logDir, fmt.Sprintf("server-s%d.log", i+1))
 		// Every server of a cluster needs the same token file.
 		if err := os.WriteFile(filepath.Join(s.dataDir, "token"), []byte(c.token+"\n"), 0o600); err != nil {
 			t.Fatal(err)
@@ -341,7 +344,7 @@ func (c *servers) startAgentWith(t *testing.T, name string, extra []string, labe
 	t.Helper()
 	a := &bagent{node: name}
 	a.name = "agent " + name
-	a.logPath = filepath.Join(t.TempDir(), "agent-"+name+".log")
+	a.logPath = filepath.Join(c.logDir, "agent-"+name+".log")
 	a.args = []string{"agent", "--data-dir", t.TempDir(), "--server", c.addrs(), "--token", c.agentToken(t),
 		"--node", name, "--workers", "8"}
 	if len(labels) > 0 {
