@@ -101,7 +101,7 @@ func runBuild(cmd *cobra.Command, g *globals, f buildFlags, app, dir string) err
 		}
 	}
 	ctx, errOut := cmd.Context(), cmd.ErrOrStderr()
-	tarball, info, err := makeContext(ctx, dir, f.dirty, &req, errOut)
+	tarball, err := makeContext(ctx, dir, f.dirty, &req, errOut)
 	if err != nil {
 		return err
 	}
@@ -111,36 +111,46 @@ func runBuild(cmd *cobra.Command, g *globals, f buildFlags, app, dir string) err
 	if err != nil {
 		return err
 	}
+	return submitBuild(ctx, cl, req, tarball, f, cmd.OutOrStdout(), errOut)
+}
+
+// submitBuild sends the context and, unless --detach, follows the build
+// and, with --deploy, the rollout.
+func submitBuild(ctx context.Context, cl *client.Client, req client.BuildRequest, tarball *os.File, f buildFlags, out, errOut io.Writer) error {
+	st, err := tarball.Stat()
+	if err != nil {
+		return err
+	}
 	since, err := latestRevision(ctx, cl)
 	if err != nil {
 		return err
 	}
-	b, err := cl.SubmitBuild(ctx, req, tarball, info.Size)
+	b, err := cl.SubmitBuild(ctx, req, tarball, st.Size())
 	if err != nil {
 		return err
 	}
 	if f.detach {
-		fmt.Fprintln(cmd.OutOrStdout(), b.ID)
+		fmt.Fprintln(out, b.ID)
 		return nil
 	}
 	fmt.Fprintf(errOut, "build %s queued: %s\n", b.ID, b.Image)
-	return followBuild(ctx, cl, b, f, since, cmd.OutOrStdout(), errOut)
+	return followBuild(ctx, cl, b, f, since, out, errOut)
 }
 
 // makeContext writes the build context to a temporary file (so that its
 // size is known before it is sent) and fills in what the request says
 // about its source.
-func makeContext(ctx context.Context, dir string, dirty bool, req *client.BuildRequest, errOut io.Writer) (*os.File, build.Info, error) {
+func makeContext(ctx context.Context, dir string, dirty bool, req *client.BuildRequest, errOut io.Writer) (*os.File, error) {
 	src, err := build.Inspect(ctx, dir)
 	if err != nil {
-		return nil, build.Info{}, err
+		return nil, err
 	}
 	what := dir
 	if src.Git() {
 		req.Commit = src.Commit
 		switch {
 		case len(src.Changes) > 0 && !dirty:
-			return nil, build.Info{}, uncommitted(dir, src.Changes)
+			return nil, uncommitted(dir, src.Changes)
 		case len(src.Changes) > 0:
 			req.Dirty = true
 			what = fmt.Sprintf("commit %s with the uncommitted changes in %s", src.Commit[:12], dir)
@@ -148,26 +158,34 @@ func makeContext(ctx context.Context, dir string, dirty bool, req *client.BuildR
 			what = fmt.Sprintf("commit %s of %s", src.Commit[:12], dir)
 		}
 	}
+	return writeContext(what, errOut, func(w io.Writer) (build.Info, error) {
+		if src.Git() && !req.Dirty {
+			return src.WriteCommit(ctx, w, 0)
+		}
+		return build.WriteDir(w, src.Dir, 0)
+	})
+}
+
+// writeContext writes a context of what to a temporary file, rewound.
+func writeContext(what string, errOut io.Writer, write func(io.Writer) (build.Info, error)) (*os.File, error) {
 	f, err := os.CreateTemp("", "berth-build-*.tar")
 	if err != nil {
-		return nil, build.Info{}, err
+		return nil, err
 	}
-	var info build.Info
-	if src.Git() && !req.Dirty {
-		info, err = src.WriteCommit(ctx, f, 0)
-	} else {
-		info, err = build.WriteDir(f, src.Dir, 0)
+	info, err := write(f)
+	if err == nil {
+		_, err = f.Seek(0, io.SeekStart)
 	}
 	if err != nil {
 		f.Close()
 		os.Remove(f.Name())
 		if errors.Is(err, build.ErrNoDockerfile) {
-			return nil, build.Info{}, fmt.Errorf("%s has no Dockerfile (berth build needs one at the top of DIR)", what)
+			return nil, fmt.Errorf("%s has no Dockerfile (berth build needs one at the top of DIR)", what)
 		}
-		return nil, build.Info{}, fmt.Errorf("build context of %s: %w", what, err)
+		return nil, fmt.Errorf("build context of %s: %w", what, err)
 	}
 	fmt.Fprintf(errOut, "context: %s, %s (%s)\n", what, build.Size(info.Size), api.Count(info.Files, "file"))
-	return f, info, nil
+	return f, nil
 }
 
 // uncommitted refuses a dirty tree, naming a few of its changes.

@@ -61,7 +61,7 @@ each Docker host (see docs/operations.md).`,
 		tokenCmd(g),
 	)
 	root.AddCommand(buildCmds(g)...)
-	root.AddCommand(imageCmd(g))
+	root.AddCommand(imageCmd(g), gitHookCmd(g))
 	if cmd, err := root.ExecuteC(); err != nil {
 		if ex := exitCode(0); errors.As(err, &ex) {
 			os.Exit(int(ex)) // the verb has said why

@@ -26,6 +26,7 @@ import (
 	"berth/internal/apiserver"
 	"berth/internal/client"
 	"berth/internal/controller"
+	"berth/internal/gitserve"
 	"berth/internal/registry"
 	"berth/internal/store"
 	"berth/internal/tasklog"
@@ -241,6 +242,7 @@ func startServer(ctx context.Context, g *globals, o *serverOptions, x serverExtr
 	o.imageGC.start(ctx, reg, st, name, log) // every server collects its own registry's garbage
 	withRegistry := http.NewServeMux()
 	withRegistry.Handle("/v2/", reg)
+	withRegistry.Handle(gitserve.Prefix, gitServer(g.dataDir, s.addr, api, 4*int64(maxContext), log))
 	withRegistry.Handle("/", handler)
 	handler = withRegistry
 	if o.gateway != "" {
@@ -320,6 +322,36 @@ func (s *server) close(stop func()) {
 	_ = s.http.Shutdown(shutdown)
 	s.registry.Close()
 	s.store.Close()
+}
+
+// gitServer serves the apps' git repositories under /git/, or says why
+// it cannot. Its hook (berth git-hook) talks to this server on loopback
+// with the pusher's token.
+func gitServer(dataDir, addr string, api *apiserver.Server, maxPush int64, log *slog.Logger) http.Handler {
+	log = log.With("component", "git")
+	self, err := os.Executable()
+	if err == nil {
+		err = gitserve.Available()
+	}
+	if err != nil {
+		log.Warn("git push is off", "err", err)
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			http.Error(w, "git push to this server is off: "+err.Error(), http.StatusServiceUnavailable)
+		})
+	}
+	loopback := addr
+	if host, port, err := net.SplitHostPort(addr); err == nil {
+		if ip := net.ParseIP(host); ip != nil && ip.IsUnspecified() {
+			loopback = net.JoinHostPort("127.0.0.1", port)
+		}
+	}
+	return &gitserve.Server{
+		Root: filepath.Join(dataDir, "git"), Authorize: api.TokenRole, MaxPush: maxPush, Log: log,
+		Hook: []string{self, "git-hook"},
+		HookEnv: func(app, token string) []string {
+			return []string{"BERTH_ADDR=" + loopback, "BERTH_TOKEN=" + token, hookAppEnv + "=" + app}
+		},
+	}
 }
 
 // registrySecret signs the registry's upload state. It comes from the

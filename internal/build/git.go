@@ -87,14 +87,15 @@ func inGitTree(dir string) bool {
 	}
 }
 
-// WriteCommit writes the build context of HEAD's tree at the source's
-// directory to w: `git archive` (only what is committed: untracked and
-// ignored files are left out), then .dockerignore as committed applies.
+// WriteCommit writes the build context of the commit's tree at the
+// source's directory to w: `git archive` (only what is committed:
+// untracked and ignored files are left out), then .dockerignore as
+// committed applies. Root may be a bare repository.
 func (s Source) WriteCommit(ctx context.Context, w io.Writer, max int64) (Info, error) {
 	var ignore []string
 	ignPath := s.Prefix + DockerIgnore
-	if _, err := git(ctx, s.Root, "cat-file", "-e", "HEAD:"+ignPath); err == nil {
-		data, err := git(ctx, s.Root, "show", "HEAD:"+ignPath)
+	if _, err := git(ctx, s.Root, "cat-file", "-e", s.Commit+":"+ignPath); err == nil {
+		data, err := git(ctx, s.Root, "show", s.Commit+":"+ignPath)
 		if err != nil {
 			return Info{}, err
 		}
