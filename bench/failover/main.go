@@ -123,7 +123,8 @@ func run(bin string, runs int, outPath string, keep bool) error {
 		s := &server{bin: bin, dataDir: filepath.Join(tmp, name), logPath: filepath.Join(tmp, name+".log")}
 		addr := freeAddr()
 		s.url = "http://" + addr
-		s.args = []string{"server", "--data-dir", s.dataDir, "--listen", addr, "--etcd-name", name, "--etcd-cluster", cluster}
+		s.args = []string{"server", "--data-dir", s.dataDir, "--listen", addr, "--etcd-name", name, "--etcd-cluster", cluster,
+			"--registry-dir", filepath.Join(tmp, "registry")} // one storage for all, as several servers need
 		if err := os.MkdirAll(s.dataDir, 0o700); err != nil {
 			return err
 		}

@@ -39,6 +39,7 @@ const leaderTTL = 2 * time.Second
 // serverOptions are the flags of `berth server`, which `berth up` shares.
 type serverOptions struct {
 	buildContextMax string
+	registryDir     string // "": <data-dir>/registry
 	listen          string
 	apiURL          string // this server's URL as others reach it: its name in the election
 	logLevel        string
@@ -65,6 +66,7 @@ func (o *serverOptions) addFlags(f *pflag.FlagSet, gatewayDefault string) {
 	f.StringVar(&o.apiURL, "api-url", "", "this server's API URL as agents and other servers reach it (default: from --listen and the host name)")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	f.StringVar(&o.buildContextMax, "build-context-max", "500Mi", "the most a build's context (berth build) may hold")
+	f.StringVar(&o.registryDir, "registry-dir", "", "where the image registry and build contexts are kept (default <data-dir>/registry); several servers need one directory they all share, e.g. on NFS")
 	f.StringVar(&o.gateway, "gateway-addr", gatewayDefault, "address of the gateway (\"\" for none)")
 	f.DurationVar(&o.nodeTTL, "node-ttl", 10*time.Second, "a node without a heartbeat for this long is down and its instances are replaced")
 	f.DurationVar(&o.taskRetention, "task-retention", 7*24*time.Hour, "how long ended tasks, their payloads and output are kept")
@@ -219,16 +221,21 @@ func startServer(ctx context.Context, g *globals, o *serverOptions, x serverExtr
 		lis.Close()
 		return nil, fmt.Errorf("--build-context-max: %q is not a size", o.buildContextMax)
 	}
+	regDir, err := registryDir(ctx, st, o, g.dataDir)
+	if err != nil {
+		lis.Close()
+		return nil, err
+	}
 	api := &apiserver.Server{
 		Store: st, Token: token, Version: version, Cluster: cluster, NodeTTL: o.nodeTTL,
 		TaskLogs: taskLogs, Logs: x.logs,
-		BuildDir: filepath.Join(g.dataDir, "builds"), BuildContextMax: int64(maxContext),
+		BuildDir: filepath.Join(regDir, "build-contexts"), BuildContextMax: int64(maxContext),
 		Log: log.With("component", "api"),
 	}
 	handler := api.Handler()
 	// The image registry shares the API's listener, under /v2/.
 	reg, err := registry.New(registry.Config{
-		Dir:       filepath.Join(g.dataDir, "registry"),
+		Dir:       regDir,
 		Authorize: api.TokenRole,
 		Secret:    registrySecret(token),
 		Log:       log.With("component", "registry"),
@@ -239,9 +246,14 @@ func startServer(ctx context.Context, g *globals, o *serverOptions, x serverExtr
 	}
 	s.registry = reg
 	api.Images, api.Registry = reg, reg
-	o.imageGC.start(ctx, reg, st, name, log) // every server collects its own registry's garbage
 	withRegistry := http.NewServeMux()
-	withRegistry.Handle("/v2/", reg)
+	withRegistry.Handle("/v2/", registry.ForwardGuarded(reg, func(ctx context.Context) (string, error) {
+		l, err := st.Leadership(ctx)
+		if err != nil || l.Leading || l.Leader == "" {
+			return "", err
+		}
+		return l.Leader, nil
+	}))
 	withRegistry.Handle(gitserve.Prefix, gitServer(g.dataDir, s.addr, api, 4*int64(maxContext), log))
 	withRegistry.Handle("/", handler)
 	handler = withRegistry
@@ -268,6 +280,9 @@ func startServer(ctx context.Context, g *globals, o *serverOptions, x serverExtr
 	el := &store.Election{Store: st, Name: name, TTL: leaderTTL, Log: log.With("component", "election")}
 	s.leader.Go(func() {
 		el.Run(ctx, func(ctx context.Context, st *store.Store) error {
+			// The leader collects the registry's garbage: the storage is
+			// one for all servers, and so is the collection.
+			o.imageGC.start(ctx, reg, st, name, log)
 			return runControllers(ctx, st, cluster, o, taskLogs, log)
 		})
 	})
@@ -322,6 +337,71 @@ func (s *server) close(stop func()) {
 	_ = s.http.Shutdown(shutdown)
 	s.registry.Close()
 	s.store.Close()
+}
+
+// registryDir is the registry's storage, checked: with several servers
+// it must be the one directory they all share, which each finds out from
+// the storage id the first of them wrote there and into the store.
+func registryDir(ctx context.Context, st *store.Store, o *serverOptions, dataDir string) (string, error) {
+	dir := o.registryDir
+	if dir == "" {
+		dir = filepath.Join(dataDir, "registry")
+	}
+	dir, err := filepath.Abs(dir)
+	if err != nil {
+		return "", fmt.Errorf("--registry-dir: %w", err)
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", fmt.Errorf("--registry-dir: %w", err)
+	}
+	if !o.etcd.shared() {
+		return dir, nil
+	}
+	id, err := storageID(filepath.Join(dir, "storage-id"))
+	if err != nil {
+		return "", fmt.Errorf("--registry-dir: %w", err)
+	}
+	agreed, err := st.Agree(ctx, "registry-storage-id", id)
+	if err != nil {
+		return "", err
+	}
+	if agreed != id {
+		return "", fmt.Errorf("--registry-dir %s is not the image registry storage of this cluster's other servers (its storage-id is %s, theirs %s): "+
+			"every server needs the same shared directory (NFS or the like) as --registry-dir, see docs/operations.md", dir, id, agreed)
+	}
+	return dir, nil
+}
+
+// storageID reads the id of a registry storage, writing a new one when
+// there is none (O_EXCL: two servers starting on one new share agree).
+func storageID(path string) (string, error) {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err == nil {
+		id := randomHex()
+		_, err = f.WriteString(id + "\n")
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			os.Remove(path)
+			return "", err
+		}
+		return id, nil
+	}
+	if !errors.Is(err, os.ErrExist) {
+		return "", err
+	}
+	for range 50 { // the other writer may not have written it yet
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return "", err
+		}
+		if id := strings.TrimSpace(string(b)); id != "" {
+			return id, nil
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return "", fmt.Errorf("%s is empty", path)
 }
 
 // gitServer serves the apps' git repositories under /git/, or says why

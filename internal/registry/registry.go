@@ -36,10 +36,10 @@
 //     the manifest; it never fetches them).
 //   - Garbage collection (gc.go): images nothing uses and nothing pushed
 //     or resolved within a grace are deleted, then unreferenced blobs are
-//     swept with manifests read-only for a few milliseconds. Every server
-//     collects its own storage (it is not shared yet) with the cluster's
-//     set of digests in use; shared storage would need the collection on
-//     the leader only and the read-only switch on every server.
+//     swept with manifests read-only for a few milliseconds. Servers share
+//     one storage; the leader collects it, and the other servers forward
+//     the requests the read-only window guards to the leader
+//     (forward.go), so that its gate holds for all of them.
 //   - HTTP uploads carry their state in a token HMAC'd with Config.Secret.
 //     Servers that share the storage must share the secret, or an upload
 //     started on one and continued on another fails.

@@ -91,3 +91,61 @@ func TestRegistryImageRunsOnEveryNode(t *testing.T) {
 		}
 	}
 }
+
+// Two servers share the registry's storage: an image pushed through the
+// one that does not lead (its manifest is forwarded to the leader) is
+// listed, resolved and pulled through either, and runs; a server started
+// on a storage of its own is refused.
+func TestRegistrySharedByServers(t *testing.T) {
+	c := startServers(t, 2)
+	leader := c.leader(t, 30*time.Second)
+	other := c.list[0]
+	if other == leader {
+		other = c.list[1]
+	}
+	ref := other.addr + "/shared/demo:1"
+	t.Cleanup(func() { _, _ = dockerCLI(30*time.Second, "rmi", ref) })
+	if out, err := dockerCLI(30*time.Second, "tag", imageDemo1, ref); err != nil {
+		t.Fatalf("docker tag: %v: %s", err, out)
+	}
+	config := t.TempDir()
+	if out, err := dockerWith(t, config, "login", other.addr, "-u", "berth", "-p", c.token); err != nil {
+		t.Fatalf("docker login: %v: %s", err, out)
+	}
+	if out, err := dockerWith(t, config, "push", ref); err != nil {
+		t.Fatalf("docker push through the server that does not lead: %v: %s", err, out)
+	}
+	for _, s := range c.list {
+		if r := s.view(c).cli(t, "image", "ls", "shared/demo"); r.code != 0 || !strings.Contains(r.stdout, "shared/demo") {
+			t.Errorf("berth image ls through %s:\n%s", s.addr, r)
+		}
+	}
+
+	c.startAgent(t, "n1")
+	b := other.view(c)
+	if r := b.deploy(t, demoSpec("shared", "shared/demo:1", 1)); r.code != 0 {
+		t.Fatalf("deploy through %s:\n%s", other.addr, r)
+	}
+	var app appRecord
+	b.getJSON(t, "/v1/apps/shared", &app)
+	if !strings.HasPrefix(app.ImageDigest, "sha256:") {
+		t.Fatalf("the deploy did not pin the pushed image: %+v", app)
+	}
+	waitFor(t, 60*time.Second, func() (bool, string) {
+		insts := b.instances(t, "shared")
+		return len(insts) == 1 && countRoutable(insts) == 1, describe(insts)
+	})
+
+	// A server on a storage of its own does not start.
+	other.stop(t)
+	for i, a := range other.args {
+		if a == "--registry-dir" {
+			other.args[i+1] = t.TempDir()
+		}
+	}
+	other.start(t)
+	waitFor(t, 60*time.Second, func() (bool, string) { return !other.running(), "the server still runs" })
+	if log := tailFile(other.logPath, 20); !strings.Contains(log, "is not the image registry storage of this cluster's other servers") {
+		t.Errorf("a server on its own registry storage: want a refusal naming it; log:\n%s", log)
+	}
+}

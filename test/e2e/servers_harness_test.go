@@ -134,6 +134,9 @@ type servers struct {
 	token   string // the bootstrap user token, the same on every server
 	cluster string
 	logDir  string // the servers' and agents' logs
+	// registryDir is the image registry's storage, one directory for all
+	// servers, as several servers need (on hosts of their own: NFS).
+	registryDir string
 }
 
 // startServers starts n servers: one on its own embedded etcd, or several
@@ -185,6 +188,7 @@ func startServers(t *testing.T, n int) *servers {
 func (c *servers) launch(t *testing.T, n int) error {
 	t.Helper()
 	c.list = nil
+	c.registryDir = t.TempDir()
 	var members []string
 	for i := range n {
 		members = append(members, fmt.Sprintf("s%d=http://127.0.0.1:%d", i+1, freePort(t)))
@@ -197,7 +201,7 @@ func (c *servers) launch(t *testing.T, n int) error {
 		if err := os.WriteFile(filepath.Join(s.dataDir, "token"), []byte(c.token+"\n"), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		s.args = []string{"server", "--data-dir", s.dataDir, "--listen", s.addr, "--node-ttl", "5s"}
+		s.args = []string{"server", "--data-dir", s.dataDir, "--listen", s.addr, "--node-ttl", "5s", "--registry-dir", c.registryDir}
 		if n > 1 {
 			s.args = append(s.args, "--etcd-name", fmt.Sprintf("s%d", i+1), "--etcd-cluster", strings.Join(members, ","))
 		}
