@@ -182,6 +182,9 @@ func (s *AppSpec) Default() {
 	if s.Placement != nil {
 		s.Placement.Default()
 	}
+	if s.Update != nil {
+		s.Update.Default()
+	}
 	if s.Health == nil && s.Port > 0 {
 		s.Health = &Health{TCP: true}
 	}
@@ -272,7 +275,10 @@ func (s *AppSpec) Validate(maxMemory Bytes) error {
 			return err
 		}
 	}
-	return s.validateRouting()
+	if err := s.validateRouting(); err != nil {
+		return err
+	}
+	return s.validateRollout()
 }
 
 var hostName = regexp.MustCompile(`^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
@@ -367,6 +373,9 @@ func SameTemplate(a, b AppSpec) bool {
 	a.Routes, b.Routes = nil, nil
 	a.RequestTimeout, b.RequestTimeout = nil, nil
 	a.Idle, b.Idle = nil, nil
+	// Nor how updates go and how much history is kept.
+	a.Update, b.Update = nil, nil
+	a.HistoryLimit, b.HistoryLimit = nil, nil
 	ja, _ := json.Marshal(a)
 	jb, _ := json.Marshal(b)
 	return bytes.Equal(ja, jb)

@@ -29,6 +29,10 @@ type AppSpec struct {
 	Idle *Idle `json:"idle,omitempty"`
 	// Placement: which nodes the instances may go to and how they spread.
 	Placement *Placement `json:"placement,omitempty"`
+	// Update: how a rolling update goes (api/rollout.go); HistoryLimit:
+	// how many revisions are kept (default 20).
+	Update       *Update `json:"update,omitempty"`
+	HistoryLimit *int    `json:"history_limit,omitempty"`
 }
 
 // Idle is an app's scale-to-zero policy.
@@ -151,6 +155,9 @@ type Status struct {
 
 	// EverHealthy: the instance has been healthy at least once.
 	EverHealthy bool `json:"ever_healthy,omitempty"`
+	// HealthySince: when it last turned healthy (the agent's clock); zero
+	// while it is not healthy. A rollout's min_healthy counts from it.
+	HealthySince time.Time `json:"healthy_since,omitempty"`
 }
 
 // Ready reports whether the instance is wanted, running and healthy.

@@ -17,7 +17,7 @@ import (
 
 func deployCmd(g *globals) *cobra.Command {
 	var file string
-	var detach bool
+	var detach, force bool
 	var timeout, deadline time.Duration
 	cmd := &cobra.Command{
 		Use:   "deploy -f app.yaml",
@@ -31,11 +31,12 @@ current number (say, from 'berth scale'), and 1 for a new app.
 
 deploy prints the rollout's progress until every instance is healthy at the
 new revision (exit 0) or the rollout fails (non-zero, with the reason): an
-instance that cannot start or be placed, one that keeps exiting, or no
-progress for 2 minutes (longer when the health check's start_period and
-retries give an instance longer), as when the new revision never gets
-healthy. berth goes on trying in the background; fix the spec and deploy
-again.`,
+instance that cannot start or be placed, one that keeps exiting, or no new
+healthy instance within the app's update.progress_deadline (default 5m).
+Then the server reverts the app to its last revision that rolled out, as a
+new revision (update.auto_revert, default on), and marks the failed one
+bad: deploying that spec again needs --force. 'berth history' shows every
+revision and its outcome; 'berth rollback' goes back by hand.`,
 		Example: "  berth deploy -f examples/hello.yaml\n  berth deploy -f app.yaml --detach",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -73,7 +74,7 @@ again.`,
 			if err != nil && !client.IsStatus(err, 404) {
 				return fmt.Errorf("deploy %s: %w", spec.Name, err)
 			}
-			app, err := cl.DeployYAML(ctx, spec.Name, data)
+			app, err := cl.DeployYAML(ctx, spec.Name, data, force)
 			if err != nil {
 				return fmt.Errorf("deploy %s: %w", spec.Name, err)
 			}
@@ -91,7 +92,8 @@ again.`,
 	}
 	cmd.Flags().StringVarP(&file, "file", "f", "", "app spec file (YAML or JSON; - for stdin)")
 	cmd.Flags().BoolVarP(&detach, "detach", "d", false, "return once the spec is accepted")
-	cmd.Flags().DurationVar(&timeout, "timeout", 5*time.Minute, "give up following after this long")
+	cmd.Flags().BoolVar(&force, "force", false, "roll out a spec whose template a revert marked bad")
+	cmd.Flags().DurationVar(&timeout, "timeout", 10*time.Minute, "give up following after this long")
 	progressDeadlineFlag(cmd, &deadline)
 	return cmd
 }

@@ -61,6 +61,7 @@ each Docker host (see docs/operations.md).`,
 		tokenCmd(g),
 	)
 	root.AddCommand(buildCmds(g)...)
+	root.AddCommand(historyCmds(g)...)
 	root.AddCommand(imageCmd(g), gitHookCmd(g))
 	if cmd, err := root.ExecuteC(); err != nil {
 		if ex := exitCode(0); errors.As(err, &ex) {

@@ -109,9 +109,11 @@ const defaultProgressDeadline = 2 * time.Minute
 
 // progressDeadline is the default, or, when the app's health check gives
 // an instance longer before it is replaced (start_period, then twice
-// retries failed checks), twice that.
+// retries failed checks), twice that; and at least the server's own
+// update.progress_deadline and a little, so that the server's verdict (a
+// revert) is seen rather than guessed.
 func progressDeadline(spec api.AppSpec) time.Duration {
-	d := defaultProgressDeadline
+	d := max(defaultProgressDeadline, time.Duration(*spec.UpdateOf().ProgressDeadline)+15*time.Second)
 	if h := spec.Health; h != nil && h.StartPeriod != nil && h.Interval != nil {
 		d = max(d, 2*(h.StartPeriod.D()+time.Duration(2*h.Retries)*h.Interval.D()))
 	}
@@ -130,6 +132,7 @@ func follow(ctx context.Context, cl *client.Client, out io.Writer, name string, 
 	start := time.Now()
 	lastLine, lastProblem := "", ""
 	var prog progress
+	var first int64 // the revision followed
 	for {
 		select {
 		case ev, ok := <-events:
@@ -173,6 +176,12 @@ func follow(ctx context.Context, cl *client.Client, out io.Writer, name string, 
 			fmt.Fprintf(out, "%s: idle (scaled to zero, woken by its next request) after %s\n", name, time.Since(start).Round(10*time.Millisecond))
 			return nil
 		}
+		if first == 0 {
+			first = app.Revision
+		}
+		if err := verdict(ctx, cl, name, first, app); err != nil {
+			return err
+		}
 		r := assess(app, insts.Items)
 		lastLine = r.String()
 		if r.problem != "" {
@@ -195,6 +204,23 @@ func follow(ctx context.Context, cl *client.Client, out io.Writer, name string, 
 			return stalled(name, limit, r, lastProblem)
 		}
 	}
+}
+
+// verdict is the error of a revision the server failed or reverted (its
+// update.progress_deadline passed), nil while it has not.
+func verdict(ctx context.Context, cl *client.Client, name string, rev int64, app api.App) error {
+	rec, err := cl.GetRevision(ctx, name, rev)
+	if err != nil {
+		return nil // an older server, or the record is not there yet: the instances tell
+	}
+	switch rec.Outcome {
+	case api.OutcomeReverted:
+		return fmt.Errorf("rollout of %s failed: revision %d reverted to the last good one (now revision %d, %s) and marked bad: %s",
+			name, rev, app.Revision, app.Spec.Image, rec.Reason)
+	case api.OutcomeFailed:
+		return fmt.Errorf("rollout of %s failed: revision %d: %s; berth keeps trying: see 'berth ps %s' and 'berth history %s'", name, rev, rec.Reason, name, name)
+	}
+	return nil
 }
 
 // stalled is the error of a rollout without progress for its deadline.

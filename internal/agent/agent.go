@@ -652,6 +652,7 @@ func (a *Agent) report(ctx context.Context, name string, l *local, st api.Status
 
 func (a *Agent) reportLocked(ctx context.Context, name string, l *local, st api.Status) error {
 	st.Updated = l.status.Updated
+	st.HealthySince = healthySince(l.status, st, time.Now().UTC())
 	if statusEqual(st, l.status) {
 		return nil
 	}
@@ -667,10 +668,22 @@ func (a *Agent) reportLocked(ctx context.Context, name string, l *local, st api.
 	return nil
 }
 
+// healthySince is the HealthySince of status next, after prev: set when
+// it turns healthy, kept while it stays so, cleared when it stops.
+func healthySince(prev, next api.Status, now time.Time) time.Time {
+	switch {
+	case !next.Healthy:
+		return time.Time{}
+	case prev.Healthy && !prev.HealthySince.IsZero():
+		return prev.HealthySince
+	}
+	return now
+}
+
 func statusEqual(a, b api.Status) bool {
 	codeEq := (a.ExitCode == nil) == (b.ExitCode == nil) && (a.ExitCode == nil || *a.ExitCode == *b.ExitCode)
 	a.ExitCode, b.ExitCode = nil, nil
 	return codeEq && a.State == b.State && a.Healthy == b.Healthy && a.ContainerID == b.ContainerID &&
 		a.Address == b.Address && a.ContainerAddress == b.ContainerAddress && a.Restarts == b.Restarts && a.Error == b.Error && a.Replace == b.Replace && a.EverHealthy == b.EverHealthy &&
-		a.StartedAt.Equal(b.StartedAt)
+		a.StartedAt.Equal(b.StartedAt) && a.HealthySince.Equal(b.HealthySince)
 }

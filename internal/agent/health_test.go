@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -87,7 +88,84 @@ func TestUncheckedHealthNeedsTheSameRun(t *testing.T) {
 	up := run("up")
 	l = &local{probeFor: up.ID, status: api.Status{State: api.StateStarting, ContainerID: up.ID, StartedAt: up.StartedAt}}
 	a.watchUnchecked(ctx, inst, l, up.ID, up.StartedAt, 0, false)
-	if len(reported) != 1 || !reported[0].Healthy || !reported[0].EverHealthy || reported[0].State != api.StateRunning {
+	if len(reported) != 1 || !reported[0].Healthy || !reported[0].EverHealthy || reported[0].HealthySince.IsZero() || reported[0].State != api.StateRunning {
 		t.Fatalf("a container still up: reported %+v, want one healthy running report", reported)
+	}
+}
+
+// HealthySince is set when an instance turns healthy, kept through other
+// changes while it stays healthy, and cleared when it stops being so.
+func TestHealthySinceFollowsHealth(t *testing.T) {
+	ctx := context.Background()
+	var reported []api.Status
+	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var st api.Status
+		_ = json.NewDecoder(r.Body).Decode(&st)
+		reported = append(reported, st)
+		w.Header().Set("Content-Type", "application/json")
+		io.WriteString(w, "{}")
+	}))
+	defer hs.Close()
+	a := &Agent{Client: client.New(hs.URL, "t"), Log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	l := &local{}
+	send := func(change func(*api.Status)) api.Status {
+		t.Helper()
+		st := l.current()
+		change(&st)
+		if err := a.report(ctx, "web-1", l, st); err != nil {
+			t.Fatal(err)
+		}
+		return reported[len(reported)-1]
+	}
+	if st := send(func(st *api.Status) { st.State = api.StateStarting }); !st.HealthySince.IsZero() {
+		t.Fatalf("starting: healthy since %s, want zero", st.HealthySince)
+	}
+	before := time.Now()
+	first := send(func(st *api.Status) { st.State, st.Healthy = api.StateRunning, true }).HealthySince
+	if first.Before(before.Add(-time.Second)) || first.After(time.Now()) {
+		t.Fatalf("turned healthy: healthy since %s, want about now", first)
+	}
+	if st := send(func(st *api.Status) { st.Restarts = 1 }); !st.HealthySince.Equal(first) {
+		t.Fatalf("still healthy: healthy since %s, want %s kept", st.HealthySince, first)
+	}
+	if st := send(func(st *api.Status) { st.State, st.Healthy = api.StateUnhealthy, false }); !st.HealthySince.IsZero() {
+		t.Fatalf("unhealthy: healthy since %s, want zero", st.HealthySince)
+	}
+	time.Sleep(5 * time.Millisecond)
+	if again := send(func(st *api.Status) { st.State, st.Healthy = api.StateRunning, true }).HealthySince; !again.After(first) {
+		t.Fatalf("healthy again: healthy since %s, want after %s", again, first)
+	}
+	// A record from before HealthySince (healthy, no time): set on its next report.
+	l = &local{status: api.Status{State: api.StateRunning, Healthy: true}}
+	if st := send(func(st *api.Status) {}); st.HealthySince.IsZero() {
+		t.Fatal("healthy record without a time: not set on report")
+	}
+}
+
+// With min_healthy, a rolling update retires an old instance only once a
+// new one has been healthy that long, as reported in HealthySince.
+func TestRollingUpdateWaitsMinHealthy(t *testing.T) {
+	c := newCluster(t)
+	c.deploy(spec("web", 2))
+	c.waitHealthy("web", 2)
+	s := spec("web", 2)
+	s.Env = map[string]string{"V": "2"}
+	m := api.Duration(time.Second)
+	s.Update = &api.Update{MinHealthy: &m}
+	began := time.Now()
+	c.deploy(s)
+	c.waitFor("rolled", func() (bool, string) {
+		insts := c.instances("web")
+		n := 0
+		for _, i := range insts {
+			if i.Revision == 2 && i.Ready() && !i.Status.HealthySince.IsZero() {
+				n++
+			}
+		}
+		return n == 2 && len(insts) == 2, fmt.Sprintf("%d of %d at revision 2 and healthy", n, len(insts))
+	})
+	// One new instance at a time, each healthy for 1s before an old one goes.
+	if took := time.Since(began); took < 2*time.Second {
+		t.Fatalf("rolled in %s, want at least 2s with min_healthy 1s", took)
 	}
 }

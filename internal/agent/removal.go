@@ -29,7 +29,7 @@ func (a *Agent) retire(ctx context.Context, name string, inst api.Instance, know
 		}
 		if ours {
 			st := inst.Status
-			st.State, st.Healthy = api.StateStopping, false
+			st.State, st.Healthy, st.HealthySince = api.StateStopping, false, time.Time{}
 			wasRoutable := inst.Routable()
 			if err := a.Client.ReportStatus(ctx, name, st); err != nil && !client.IsStatus(err, 404) {
 				return err

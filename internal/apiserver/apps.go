@@ -95,7 +95,11 @@ func (s *Server) putApp(w http.ResponseWriter, r *http.Request) {
 				s.writeStoreError(w, err)
 				return
 			}
-			rev, err := s.Store.Txn(ctx, append([]store.Op{store.Apps.Create(name, app), ev}, routeOps...)...)
+			// The history goes with the app (the controller removes both);
+			// revision 1 is written whatever is there.
+			first := revisionOf(app, "created: "+spec.Image, by(r), 0)
+			ops := []store.Op{store.Apps.Create(name, app), store.Revisions.PutAny(api.RevisionKey(name, 1), first), ev}
+			rev, err := s.Store.Txn(ctx, append(ops, routeOps...)...)
 			if errors.Is(err, store.ErrExists) || errors.Is(err, store.ErrConflict) {
 				continue // created or claimed concurrently: look again
 			}
@@ -122,6 +126,17 @@ func (s *Server) putApp(w http.ResponseWriter, r *http.Request) {
 			writeJSON(w, http.StatusOK, old) // unchanged: no new revision
 			return
 		}
+		history, err := s.listRevisionsOf(ctx, name)
+		if err != nil {
+			s.writeStoreError(w, err)
+			return
+		}
+		if bad := badTwin(history, spec, digest); bad != nil && r.URL.Query().Get("force") != "true" &&
+			(!api.SameTemplate(old.Spec, spec) || old.ImageDigest != digest) {
+			writeError(w, http.StatusConflict, "spec", "spec: this is the template of revision %d, which was reverted as bad (%s); deploy it again with --force",
+				bad.Revision, bad.Reason)
+			return
+		}
 		app := old
 		app.Spec = spec
 		app.Revision++
@@ -142,8 +157,10 @@ func (s *Server) putApp(w http.ResponseWriter, r *http.Request) {
 			s.writeStoreError(w, err)
 			return
 		}
-		rev, err := s.Store.Txn(ctx, append([]store.Op{store.Apps.Put(name, app, old.Version), ev}, routeOps...)...)
-		if errors.Is(err, store.ErrConflict) {
+		ops := []store.Op{store.Apps.Put(name, app, old.Version), ev,
+			createRevision(revisionOf(app, api.ChangeSummary(old.Spec, spec, old.ImageDigest, digest), by(r), 0))}
+		rev, err := s.Store.Txn(ctx, append(ops, routeOps...)...)
+		if errors.Is(err, store.ErrConflict) || errors.Is(err, store.ErrExists) {
 			continue
 		}
 		if err != nil {
@@ -250,32 +267,41 @@ func (s *Server) scaleApp(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	name := r.PathValue("name")
-	ev, err := s.Store.AppendEvent(r.Context(), api.Event{Kind: "scaled", App: name, Message: "replicas " + strconv.Itoa(req.Replicas)})
-	if err != nil {
-		s.writeStoreError(w, err)
-		return
-	}
-	var deleting bool
-	app, err := store.Apps.Update(r.Context(), s.Store, name, func(a *api.App) error {
-		if a.Deleting {
-			deleting = true
-			return store.ErrSkip
+	ctx := r.Context()
+	for {
+		old, err := store.Apps.Get(ctx, s.Store, name)
+		if err != nil {
+			s.writeStoreError(w, err)
+			return
 		}
-		if a.Spec.ReplicaCount() == req.Replicas {
-			return store.ErrSkip
+		if old.Deleting {
+			writeError(w, http.StatusConflict, "", "app %s is being removed", name)
+			return
 		}
-		a.Spec.Replicas = &req.Replicas
-		a.Revision++
-		a.Updated = time.Now().UTC()
-		return nil
-	}, ev)
-	if err != nil {
-		s.writeStoreError(w, err)
+		if old.Spec.ReplicaCount() == req.Replicas {
+			writeJSON(w, http.StatusOK, old)
+			return
+		}
+		app := old
+		app.Spec.Replicas = &req.Replicas
+		app.Revision++
+		app.Updated = time.Now().UTC()
+		ev, err := s.Store.AppendEvent(ctx, api.Event{Kind: "scaled", App: name, Message: "replicas " + strconv.Itoa(req.Replicas)})
+		if err != nil {
+			s.writeStoreError(w, err)
+			return
+		}
+		change := fmt.Sprintf("scale: replicas %d -> %d", old.Spec.ReplicaCount(), req.Replicas)
+		v, err := s.Store.Txn(ctx, store.Apps.Put(name, app, old.Version), ev, createRevision(revisionOf(app, change, by(r), 0)))
+		if errors.Is(err, store.ErrConflict) || errors.Is(err, store.ErrExists) {
+			continue
+		}
+		if err != nil {
+			s.writeStoreError(w, err)
+			return
+		}
+		app.Version = v
+		writeJSON(w, http.StatusOK, app)
 		return
 	}
-	if deleting {
-		writeError(w, http.StatusConflict, "", "app %s is being removed", name)
-		return
-	}
-	writeJSON(w, http.StatusOK, app)
 }

@@ -23,6 +23,7 @@ import (
 type principal struct {
 	role  string
 	token string // the token's id; "bootstrap" for the server's own token
+	desc  string // the token's description, for the revisions it makes
 	node  string
 	key   [32]byte // SHA-256 of the token: its key in the cache
 }
@@ -132,7 +133,7 @@ func refusal(a access, pattern, role string) string {
 
 func (s *Server) authenticate(next http.Handler) http.Handler {
 	static := []byte("Bearer " + s.Token)
-	bootstrap := &principal{role: api.RoleUser, token: "bootstrap"}
+	bootstrap := &principal{role: api.RoleUser, token: "bootstrap", desc: "bootstrap token"}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		header := r.Header.Get("Authorization")
 		p := bootstrap
@@ -193,7 +194,7 @@ func (s *Server) agentNode(ctx context.Context, p *principal) (string, error) {
 		return "", err
 	}
 	if t.Node != "" {
-		s.tokens.put(p.key, &principal{role: p.role, token: p.token, node: t.Node, key: p.key})
+		s.tokens.put(p.key, &principal{role: p.role, token: p.token, desc: p.desc, node: t.Node, key: p.key})
 	}
 	return t.Node, nil
 }
@@ -245,7 +246,7 @@ func (c *tokenCache) lookup(ctx context.Context, st *store.Store, header string)
 	}
 	var p *principal
 	if t != nil {
-		p = &principal{role: t.Role, token: t.ID, node: t.Node, key: key}
+		p = &principal{role: t.Role, token: t.ID, desc: t.Description, node: t.Node, key: key}
 	}
 	e.cur.Store(&checked{p: p, at: time.Now()})
 	return p, nil

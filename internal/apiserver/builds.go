@@ -500,8 +500,9 @@ func (s *Server) deployBuilt(ctx context.Context, id string, b *api.BuildSpec, d
 		if err != nil {
 			return 0, err
 		}
-		_, err = s.Store.Txn(ctx, store.Apps.Put(b.App, app, old.Version), ev)
-		if errors.Is(err, store.ErrConflict) {
+		rec := revisionOf(app, api.ChangeSummary(old.Spec, app.Spec, old.ImageDigest, digest)+" (build "+id+")", "build "+id, 0)
+		_, err = s.Store.Txn(ctx, store.Apps.Put(b.App, app, old.Version), ev, createRevision(rec))
+		if errors.Is(err, store.ErrConflict) || errors.Is(err, store.ErrExists) {
 			continue
 		}
 		if err != nil {

@@ -143,7 +143,7 @@ func (s *Server) bindNode(w http.ResponseWriter, r *http.Request, name string) b
 		s.writeStoreError(w, err)
 		return false
 	}
-	s.tokens.put(p.key, &principal{role: p.role, token: p.token, node: t.Node, key: p.key})
+	s.tokens.put(p.key, &principal{role: p.role, token: p.token, desc: p.desc, node: t.Node, key: p.key})
 	return true
 }
 

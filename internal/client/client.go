@@ -237,14 +237,37 @@ func (c *Client) GetApp(ctx context.Context, name string) (api.App, error) {
 }
 
 // DeployYAML sends an app spec as YAML (or JSON); the server validates it.
-func (c *Client) DeployYAML(ctx context.Context, name string, spec []byte) (api.App, error) {
+// With force, a spec of a revision reverted as bad is rolled out anyway.
+func (c *Client) DeployYAML(ctx context.Context, name string, spec []byte, force bool) (api.App, error) {
 	var a api.App
-	resp, err := c.request(ctx, "PUT", "/v1/apps/"+url.PathEscape(name), bytes.NewReader(spec), "application/yaml")
+	path := "/v1/apps/" + url.PathEscape(name)
+	if force {
+		path += "?force=true"
+	}
+	resp, err := c.request(ctx, "PUT", path, bytes.NewReader(spec), "application/yaml")
 	if err != nil {
 		return a, err
 	}
 	defer resp.Body.Close()
 	return a, json.NewDecoder(resp.Body).Decode(&a)
+}
+
+// GetRevision reads one revision of an app's history.
+func (c *Client) GetRevision(ctx context.Context, name string, rev int64) (api.Revision, error) {
+	var r api.Revision
+	return r, c.do(ctx, "GET", fmt.Sprintf("/v1/apps/%s/revisions/%d", url.PathEscape(name), rev), nil, &r)
+}
+
+// ListRevisions reads an app's kept history, newest first.
+func (c *Client) ListRevisions(ctx context.Context, name string) (api.List[api.Revision], error) {
+	var l api.List[api.Revision]
+	return l, c.do(ctx, "GET", "/v1/apps/"+url.PathEscape(name)+"/revisions", nil, &l)
+}
+
+// Rollback gives the app a new revision copied from rev (0: the last good one).
+func (c *Client) Rollback(ctx context.Context, name string, rev int64) (api.App, error) {
+	var a api.App
+	return a, c.do(ctx, "POST", "/v1/apps/"+url.PathEscape(name)+"/rollback", api.RollbackRequest{Revision: rev}, &a)
 }
 
 func (c *Client) Deploy(ctx context.Context, spec api.AppSpec) (api.App, error) {

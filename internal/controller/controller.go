@@ -37,11 +37,14 @@ type Controller struct {
 	// record and instances are as they were, with the nodes in the same
 	// states, is not planned again (PlanApp would say the same).
 	planned   map[string]planInput
-	lastNodes map[string]string // the node states planned with
-	turn      int               // the apps planned anyway go round (see planAnyway)
-	more      bool              // the last pass left new instances for the next
-	wrote     bool              // the last pass wrote something
-	wakeAt    time.Time         // the earliest end of a replacement backoff left waiting; zero: none
+	lastNodes map[string]string   // the node states planned with
+	turn      int                 // the apps planned anyway go round (see planAnyway)
+	more      bool                // the last pass left new instances for the next
+	wrote     bool                // the last pass wrote something
+	wakeAt    time.Time           // the earliest end of a replacement backoff left waiting, or recheck; zero: none
+	rollouts  map[string]*rollout // per app, its current revision's rollout (rollout.go)
+
+	recheck map[string]time.Time // per app, when to plan it again though nothing changed (Plan.RecheckAt)
 }
 
 // Run reconciles on every change of apps, instances or nodes until ctx ends.
@@ -154,11 +157,21 @@ func (c *Controller) Reconcile(ctx context.Context) error {
 		c.turn++
 		delete(c.planned, apps[c.turn%len(apps)].Spec.Name)
 	}
+	// An app whose plan waits for a time (Plan.RecheckAt) is planned again then.
+	for name, at := range c.recheck {
+		if !at.After(now) {
+			delete(c.planned, name)
+			delete(c.recheck, name)
+		}
+	}
 	s := newScan(apps, nodes, states)
 	if err := c.scanInstances(ctx, s); err != nil {
 		return err
 	}
 	var errs []error
+	if err := c.trackRollouts(ctx, apps, s, now); err != nil {
+		errs = append(errs, err)
+	}
 	idle := map[string][]api.Instance{}
 	for i := range apps {
 		if apps[i].Spec.Idle != nil {
@@ -232,6 +245,13 @@ func (c *Controller) nodeStates(ctx context.Context, now time.Time) (map[string]
 // but for its new instances, which are returned to be placed first.
 func (c *Controller) applyPlan(ctx context.Context, app api.App, insts []api.Instance, nodes map[string]string, now time.Time) ([]write, []api.Instance, error) {
 	p := PlanApp(app, insts, nodes, now)
+	delete(c.recheck, app.Spec.Name) // the last plan's
+	if !p.RecheckAt.IsZero() {
+		if c.recheck == nil {
+			c.recheck = map[string]time.Time{}
+		}
+		c.recheck[app.Spec.Name] = p.RecheckAt
+	}
 	var writes []write
 	for _, inst := range insts {
 		if desired, ok := idleChange(p, inst.Name); ok {
@@ -264,7 +284,8 @@ func (c *Controller) applyPlan(ctx context.Context, app api.App, insts []api.Ins
 		writes = append(writes, w)
 	}
 	if p.DeleteApp && app.Version != 0 {
-		ops := []store.Op{store.Apps.Delete(app.Spec.Name, app.Version), store.Access.DeleteAny(app.Spec.Name)}
+		ops := []store.Op{store.Apps.Delete(app.Spec.Name, app.Version), store.Access.DeleteAny(app.Spec.Name),
+			store.Revisions.DeleteUnder(app.Spec.Name + "/")}
 		for _, h := range app.Spec.Routes {
 			ops = append(ops, store.Routes.DeleteAny(h))
 		}
@@ -566,6 +587,11 @@ func (c *Controller) schedule(ctx context.Context, s *scan, nodes []api.Node, cr
 	// An instance in its replacement backoff waits unplaced; a new one is
 	// written so, with its reason.
 	c.wakeAt = time.Time{}
+	for _, at := range c.recheck { // a plan that waits for time to pass, too
+		if c.wakeAt.IsZero() || at.Before(c.wakeAt) {
+			c.wakeAt = at
+		}
+	}
 	backoff := func(inst *api.Instance) bool {
 		if !inst.NotBefore.After(now) {
 			return false

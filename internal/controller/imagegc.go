@@ -10,8 +10,8 @@ import (
 
 // ImagesInUse returns what a server's registry garbage collection must
 // keep: the manifest digests the apps and their instances are pinned to
-// (image_digest). When apps keep revisions, the digests of the kept ones
-// join here. A failed read is an error, never a smaller set: the
+// (image_digest), and those of the revisions their history keeps, so that
+// a rollback runs the same bytes. A failed read is an error, never a smaller set: the
 // collection then deletes nothing.
 func ImagesInUse(st *store.Store) func(context.Context) (map[string]bool, error) {
 	return func(ctx context.Context) (map[string]bool, error) {
@@ -23,7 +23,17 @@ func ImagesInUse(st *store.Store) func(context.Context) (map[string]bool, error)
 		if err != nil {
 			return nil, err
 		}
-		return digestsInUse(apps, insts), nil
+		revs, _, err := store.Revisions.List(ctx, st)
+		if err != nil {
+			return nil, err
+		}
+		in := digestsInUse(apps, insts)
+		for _, r := range revs {
+			if r.ImageDigest != "" {
+				in[r.ImageDigest] = true
+			}
+		}
+		return in, nil
 	}
 }
 

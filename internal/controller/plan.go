@@ -16,13 +16,19 @@ type Plan struct {
 	Idle      []string          // instances to stop and keep: the app is scaled to zero
 	Resume    []string          // idle instances to start again: the app was woken
 	DeleteApp bool              // app is being removed and nothing of it is left
+	// RecheckAt: plan again then though nothing changed (a new instance
+	// reaches min_healthy); zero: no need.
+	RecheckAt time.Time
 }
 
 // PlanApp compares an app with its instances and decides, without I/O,
-// which instances to create and which to retire. A rolling update surges by
-// one instance and never lets the number of healthy instances drop below
-// the replicas: a new instance starts, becomes healthy, then an old one is
-// retired. Unhealthy and broken old instances are retired at once.
+// which instances to create and which to retire. A rolling update follows
+// the app's update policy (see policy): at most parallel new instances
+// start at once and at most replicas+parallel exist; healthy old ones are
+// retired while at least replicas-max_unavailable stay healthy, a new one
+// counting once it has been healthy for min_healthy. With the defaults a
+// new instance starts, becomes healthy, then an old one is retired.
+// Unhealthy and broken old instances are retired at once.
 //
 // nodes gives the state of each node (ready, down, draining); an
 // instance on a node that is down or not in nodes is lost and replaced at
@@ -97,28 +103,41 @@ func PlanApp(app api.App, instances []api.Instance, nodes map[string]string, now
 	active = kept
 
 	var cur, old []api.Instance
-	healthy := 0
 	for _, inst := range active {
 		if inst.Revision == app.TemplateRevision && !draining[inst.Name] {
 			cur = append(cur, inst)
 		} else {
 			old = append(old, inst)
 		}
+	}
+	want := app.Spec.ReplicaCount()
+	r := newPolicy(app, now)
+	healthy := 0 // old ones healthy and new ones past min_healthy
+	for _, inst := range old {
 		if isHealthy(inst) {
 			healthy++
 		}
 	}
-	want := app.Spec.ReplicaCount()
-
-	// Old instances: broken ones go at once; healthy ones one at a time while
-	// more than the wanted number are healthy. Those beyond the replicas
-	// (the spec lowered them) are not replaced but scaled down: the
-	// surplus is what exceeds the replicas and the one instance a rolling
-	// update adds while it runs.
-	surplus := len(old) + len(cur) - want
-	if len(cur) > 0 && len(old) > 0 {
-		surplus--
+	for _, inst := range cur {
+		if r.counts(inst) {
+			healthy++
+		}
 	}
+	if len(old) > 0 {
+		p.RecheckAt = r.recheck(cur)
+	}
+
+	// Old instances: broken ones go at once; healthy ones while more than
+	// replicas-max_unavailable stay healthy. Those beyond the replicas
+	// (the spec lowered them) are not replaced but scaled down: the
+	// surplus is what exceeds the replicas and the new instances (up to
+	// parallel) a rolling update adds while it runs.
+	surplus := len(old) + len(cur) - want
+	if len(old) > 0 {
+		surplus -= min(len(cur), r.parallel)
+	}
+	starting := r.starting(cur)
+	oldLeft := len(old)
 	sortForRetirement(old)
 	for _, inst := range old {
 		why := fmt.Sprintf("replaced by revision %d", app.TemplateRevision)
@@ -129,13 +148,15 @@ func PlanApp(app api.App, instances []api.Instance, nodes map[string]string, now
 		switch {
 		case want == 0:
 			p.Retire[inst.Name] = "scaled to zero"
+			oldLeft--
 		case !isHealthy(inst):
 			retire = true
-		case healthy > want:
+		case healthy > want-r.unavailable && !r.keepLast(oldLeft, healthy, want, len(cur), starting):
 			retire = true
 			healthy--
 		}
 		if retire {
+			oldLeft--
 			if surplus > 0 {
 				why = "scaled down"
 				surplus--
@@ -143,12 +164,7 @@ func PlanApp(app api.App, instances []api.Instance, nodes map[string]string, now
 			p.Retire[inst.Name] = why
 		}
 	}
-	remainingOld := 0
-	for _, inst := range old {
-		if _, gone := p.Retire[inst.Name]; !gone {
-			remainingOld++
-		}
-	}
+	remainingOld := oldLeft
 
 	// Current instances: scale down the surplus, least useful first.
 	if len(cur) > want {
@@ -159,10 +175,15 @@ func PlanApp(app api.App, instances []api.Instance, nodes map[string]string, now
 		cur = cur[len(cur)-want:]
 	}
 
-	// Create what is missing; during a rolling update, one beyond the replicas at most.
+	// Create what is missing; during a rolling update, parallel beyond
+	// the replicas at most, and parallel starting at once but for the
+	// places that lack a healthy instance beyond max_unavailable (broken
+	// old ones, more replicas): those are filled at once.
 	missing := want - len(cur)
 	if remainingOld > 0 {
-		missing = min(missing, want+1-len(cur)-remainingOld)
+		room := want + r.parallel - len(cur) - remainingOld
+		surge := max(r.parallel+r.unavailable-r.starting(cur), 0) + max(want-r.unavailable-healthy, 0)
+		missing = min(missing, room, surge)
 	}
 	if missing > 0 {
 		used := map[int]bool{}
@@ -222,6 +243,59 @@ func NewInstance(app api.App, index int, now time.Time) api.Instance {
 		Created:     now,
 		Status:      api.Status{State: api.StatePending},
 	}
+}
+
+// policy is an app's update policy as PlanApp applies it at now.
+type policy struct {
+	parallel, unavailable int
+	minHealthy            time.Duration
+	now                   time.Time
+}
+
+func newPolicy(app api.App, now time.Time) policy {
+	u := app.Spec.UpdateOf()
+	return policy{parallel: *u.Parallel, unavailable: *u.MaxUnavailable, minHealthy: u.MinHealthy.D(), now: now}
+}
+
+// counts: a new instance counts as healthy for the rollout once it has
+// been so for min_healthy. One without HealthySince (reported by an older
+// agent) counts at once, as before min_healthy was.
+func (r policy) counts(inst api.Instance) bool {
+	since := inst.Status.HealthySince
+	return isHealthy(inst) && (r.minHealthy <= 0 || since.IsZero() || !r.now.Before(since.Add(r.minHealthy)))
+}
+
+// starting is how many new instances do not count as healthy yet.
+func (r policy) starting(cur []api.Instance) int {
+	n := 0
+	for _, inst := range cur {
+		if !r.counts(inst) {
+			n++
+		}
+	}
+	return n
+}
+
+// recheck is when the first healthy new instance that does not count yet
+// reaches min_healthy; zero: none.
+func (r policy) recheck(cur []api.Instance) time.Time {
+	var at time.Time
+	for _, inst := range cur {
+		if isHealthy(inst) && !r.counts(inst) {
+			if t := inst.Status.HealthySince.Add(r.minHealthy); at.IsZero() || t.Before(at) {
+				at = t
+			}
+		}
+	}
+	return at
+}
+
+// keepLast: the last old instance stays while retiring it early (below
+// the replicas healthy, as max_unavailable allows) would end the update
+// with more left to create than parallel allows to start: once no old
+// one is left, what is missing is created at once.
+func (r policy) keepLast(oldLeft, healthy, want, cur, starting int) bool {
+	return oldLeft == 1 && healthy <= want && want-cur > max(r.parallel+r.unavailable-starting, 0)
 }
 
 func isHealthy(inst api.Instance) bool {

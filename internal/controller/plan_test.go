@@ -303,3 +303,213 @@ func TestPlanDrainOneAtATime(t *testing.T) {
 	}
 	t.Fatal("drain did not converge in 20 steps")
 }
+
+// rolling is app(replicas, templateRev) with an update policy; m is min_healthy.
+func rolling(replicas int, templateRev int64, parallel, unavailable int, m time.Duration) api.App {
+	a := app(replicas, templateRev)
+	d := api.Duration(m)
+	a.Spec.Update = &api.Update{Parallel: &parallel, MaxUnavailable: &unavailable, MinHealthy: &d}
+	return a
+}
+
+// since makes a healthy instance healthy since t.
+func since(i api.Instance, t time.Time) api.Instance {
+	i.Status.HealthySince = t
+	return i
+}
+
+var t0 = time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
+
+func TestPlanUpdatePolicy(t *testing.T) {
+	old3 := []api.Instance{inst(1, 1, "ok"), inst(2, 1, "ok"), inst(3, 1, "ok")}
+	old4 := append([]api.Instance{inst(4, 1, "ok")}, old3...)
+	with := func(insts []api.Instance, more ...api.Instance) []api.Instance {
+		return append(append([]api.Instance{}, insts...), more...)
+	}
+	tests := []struct {
+		name        string
+		app         api.App
+		insts       []api.Instance
+		now         time.Time
+		wantCreate  []string
+		wantRetire  []string
+		wantRecheck time.Time
+	}{
+		// parallel: the surge.
+		{"parallel 3 starts three at once", rolling(3, 2, 3, 0, 0), old3, t0,
+			[]string{"web-4", "web-5", "web-6"}, nil, time.Time{}},
+		{"parallel 3 waits while they start", rolling(3, 2, 3, 0, 0),
+			with(old3, inst(4, 2, "new"), inst(5, 2, "new"), inst(6, 2, "new")), t0, nil, nil, time.Time{}},
+		{"parallel 3: two healthy retire two old", rolling(3, 2, 3, 0, 0),
+			with(old3, inst(4, 2, "ok"), inst(5, 2, "ok"), inst(6, 2, "new")), t0, nil, []string{"web-2", "web-3"}, time.Time{}},
+		{"parallel 2: as new ones are healthy, old ones go and more start", rolling(4, 2, 2, 0, 0),
+			with(old4, inst(5, 2, "ok"), inst(6, 2, "ok")), t0, []string{"web-7", "web-8"}, []string{"web-3", "web-4"}, time.Time{}},
+		{"parallel beyond the replicas starts the replicas", rolling(3, 2, 5, 0, 0), old3, t0,
+			[]string{"web-4", "web-5", "web-6"}, nil, time.Time{}},
+		// max_unavailable: old ones go before their replacements are healthy.
+		{"max_unavailable 1 retires one old before any new is healthy, and starts parallel+1", rolling(3, 2, 1, 1, 0), old3, t0,
+			[]string{"web-4", "web-5"}, []string{"web-3"}, time.Time{}},
+		{"max_unavailable 1 starts a second new one while the first starts", rolling(3, 2, 1, 1, 0),
+			[]api.Instance{inst(1, 1, "ok"), inst(2, 1, "ok"), inst(4, 2, "new")}, t0, []string{"web-3"}, nil, time.Time{}},
+		{"max_unavailable 1 waits while two new ones start", rolling(3, 2, 1, 1, 0),
+			[]api.Instance{inst(1, 1, "ok"), inst(2, 1, "ok"), inst(4, 2, "new"), inst(5, 2, "new")}, t0, nil, nil, time.Time{}},
+		{"max_unavailable 1: a healthy new one retires the next old", rolling(3, 2, 1, 1, 0),
+			[]api.Instance{inst(1, 1, "ok"), inst(2, 1, "ok"), inst(4, 2, "ok")}, t0, []string{"web-3", "web-5"}, []string{"web-2"}, time.Time{}},
+		{"max_unavailable: the last old one goes when the rest fits in parallel+max_unavailable", rolling(3, 2, 1, 2, 0),
+			[]api.Instance{inst(1, 1, "ok"), inst(4, 2, "ok")}, t0, []string{"web-2", "web-3"}, []string{"web-1"}, time.Time{}},
+		{"max_unavailable keeps the last old one below replicas-max_unavailable healthy, and fills up to replicas+parallel", rolling(5, 2, 1, 1, 0),
+			[]api.Instance{inst(1, 1, "ok"), inst(6, 2, "ok"), inst(7, 2, "ok")}, t0, []string{"web-2", "web-3", "web-4"}, nil, time.Time{}},
+		{"max_unavailable: the last old one goes when the rest fits in parallel", rolling(3, 2, 1, 2, 0),
+			[]api.Instance{inst(1, 1, "ok"), inst(4, 2, "ok"), inst(5, 2, "ok")}, t0, []string{"web-2"}, []string{"web-1"}, time.Time{}},
+		{"max_unavailable: broken old ones go at once, their places beyond it are filled at once", rolling(3, 2, 1, 1, 0),
+			[]api.Instance{inst(1, 1, "ok"), inst(2, 1, "new"), inst(3, 1, "new")}, t0, []string{"web-4", "web-5", "web-6"}, []string{"web-2", "web-3"}, time.Time{}},
+		// Both.
+		{"parallel 2 and max_unavailable 2 start four at once", rolling(4, 2, 2, 2, 0), old4, t0,
+			[]string{"web-5", "web-6", "web-7", "web-8"}, []string{"web-3", "web-4"}, time.Time{}},
+		{"parallel 2 and max_unavailable 2 start two more while two start", rolling(4, 2, 2, 2, 0),
+			[]api.Instance{inst(1, 1, "ok"), inst(2, 1, "ok"), inst(5, 2, "new"), inst(6, 2, "new")}, t0, []string{"web-3", "web-4"}, nil, time.Time{}},
+		{"parallel 2 and max_unavailable 2: two healthy swap the last two", rolling(4, 2, 2, 2, 0),
+			[]api.Instance{inst(1, 1, "ok"), inst(2, 1, "ok"), inst(5, 2, "ok"), inst(6, 2, "ok")}, t0,
+			[]string{"web-3", "web-4"}, []string{"web-1", "web-2"}, time.Time{}},
+		// min_healthy: a new one counts once healthy that long; the plan says when to look again.
+		{"min_healthy: a new one healthy for less does not count yet", rolling(3, 2, 1, 0, 10*time.Second),
+			with(old3, since(inst(4, 2, "ok"), t0)), t0.Add(5 * time.Second), nil, nil, t0.Add(10 * time.Second)},
+		{"min_healthy: it counts once healthy that long", rolling(3, 2, 1, 0, 10*time.Second),
+			with(old3, since(inst(4, 2, "ok"), t0)), t0.Add(10 * time.Second), []string{"web-5"}, []string{"web-3"}, time.Time{}},
+		{"min_healthy: one without a healthy_since counts at once", rolling(3, 2, 1, 0, 10*time.Second),
+			with(old3, inst(4, 2, "ok")), t0, []string{"web-5"}, []string{"web-3"}, time.Time{}},
+		{"min_healthy: a young one holds its surge place", rolling(3, 2, 2, 0, 10*time.Second),
+			with(old3, since(inst(4, 2, "ok"), t0), since(inst(5, 2, "ok"), t0.Add(8*time.Second))), t0.Add(12 * time.Second),
+			[]string{"web-6"}, []string{"web-3"}, t0.Add(18 * time.Second)},
+		{"min_healthy: no recheck once no old one is left", rolling(2, 2, 1, 0, 10*time.Second),
+			[]api.Instance{since(inst(3, 2, "ok"), t0), since(inst(4, 2, "ok"), t0)}, t0, nil, nil, time.Time{}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := PlanApp(tt.app, tt.insts, nil, tt.now)
+			if got := names(p.Create); !equal(got, tt.wantCreate) {
+				t.Errorf("create = %v, want %v", got, tt.wantCreate)
+			}
+			if got := retired(p); !equal(got, tt.wantRetire) {
+				t.Errorf("retire = %v, want %v", got, tt.wantRetire)
+			}
+			if !p.RecheckAt.Equal(tt.wantRecheck) {
+				t.Errorf("recheck at %s, want %s", p.RecheckAt, tt.wantRecheck)
+			}
+			for name, why := range p.Retire {
+				if why != "replaced by revision 2" {
+					t.Errorf("%s retired: %q, want replaced", name, why)
+				}
+			}
+		})
+	}
+}
+
+// The defaults, written out, plan as no policy does, in every state the
+// other tests use.
+func TestPlanDefaultPolicyAsBefore(t *testing.T) {
+	states := [][]api.Instance{
+		nil,
+		{inst(1, 1, "ok"), inst(2, 1, "ok"), inst(3, 1, "ok")},
+		{inst(1, 1, "ok"), inst(2, 1, "ok"), inst(3, 1, "ok"), inst(4, 2, "new")},
+		{inst(1, 1, "ok"), inst(2, 1, "ok"), inst(3, 1, "ok"), inst(4, 2, "ok")},
+		{inst(1, 1, "ok"), inst(2, 1, "new"), inst(3, 1, "new")},
+		{inst(1, 1, "ok"), inst(2, 1, "new"), inst(4, 2, "new")},
+		{inst(1, 1, "ok"), inst(3, 2, "ok"), inst(4, 2, "ok"), inst(5, 2, "sick")},
+		{inst(1, 1, "ok"), inst(2, 1, "ok"), inst(3, 2, "ok"), inst(4, 2, "new"), inst(5, 2, "pending")},
+		{since(inst(1, 1, "ok"), t0), since(inst(2, 2, "ok"), t0), inst(3, 1, "retired")},
+	}
+	for _, replicas := range []int{0, 1, 2, 3, 5} {
+		for i, insts := range states {
+			plain := PlanApp(app(replicas, 2), insts, nil, t0)
+			explicit := PlanApp(rolling(replicas, 2, 1, 0, 0), insts, nil, t0)
+			if !equal(names(plain.Create), names(explicit.Create)) || !equal(retired(plain), retired(explicit)) || !explicit.RecheckAt.IsZero() {
+				t.Errorf("replicas %d, state %d: defaults plan %+v, no policy %+v", replicas, i, explicit, plain)
+			}
+			for n, why := range plain.Retire {
+				if explicit.Retire[n] != why {
+					t.Errorf("replicas %d, state %d: %s retired %q, want %q", replicas, i, n, explicit.Retire[n], why)
+				}
+			}
+		}
+	}
+}
+
+// A rolling update driven step by step (a second each) under a policy
+// never has fewer than replicas-max_unavailable healthy (new ones
+// counting after min_healthy), more than replicas+parallel instances or
+// more than parallel new ones not yet counting; it never waits with
+// nothing to wait for, and ends with only new ones.
+func TestRollingUpdatePolicies(t *testing.T) {
+	tests := []struct {
+		replicas, parallel, unavailable int
+		minHealthy                      time.Duration
+	}{
+		{4, 1, 0, 0}, {4, 2, 0, 0}, {5, 3, 0, 0}, {3, 5, 0, 0},
+		{4, 1, 1, 0}, {3, 1, 2, 0}, {3, 1, 3, 0}, {5, 2, 1, 0},
+		{6, 2, 2, 0}, {4, 3, 4, 0}, {1, 1, 1, 0},
+		{4, 1, 0, 3 * time.Second}, {5, 2, 1, 2 * time.Second}, {3, 1, 2, 4 * time.Second},
+	}
+	for _, tt := range tests {
+		a := rolling(tt.replicas, 2, tt.parallel, tt.unavailable, tt.minHealthy)
+		counts := func(i api.Instance, now time.Time) bool {
+			return isHealthy(i) && (i.Revision != a.TemplateRevision || now.Sub(i.Status.HealthySince) >= tt.minHealthy)
+		}
+		var insts []api.Instance
+		for i := 1; i <= tt.replicas; i++ {
+			insts = append(insts, since(inst(i, 1, "ok"), t0))
+		}
+		converged := false
+		for step := 0; step < 100 && !converged; step++ {
+			now := t0.Add(time.Duration(step) * time.Second)
+			p := PlanApp(a, insts, nil, now)
+			var next []api.Instance
+			for _, i := range insts {
+				if _, gone := p.Retire[i.Name]; gone {
+					continue // the agent removes it
+				}
+				if i.Status.State == api.StateStarting {
+					i.Status = api.Status{State: api.StateRunning, Healthy: true, Address: "a", HealthySince: now} // became healthy
+				}
+				next = append(next, i)
+			}
+			for _, c := range p.Create {
+				c.Node, c.Status = "n1", api.Status{State: api.StateStarting}
+				next = append(next, c)
+			}
+			starting := false
+			for _, i := range insts {
+				starting = starting || i.Status.State == api.StateStarting
+			}
+			insts = next
+			healthy, old, young := 0, 0, 0
+			for _, i := range insts {
+				if counts(i, now) {
+					healthy++
+				}
+				if i.Revision != a.TemplateRevision {
+					old++
+				} else if !counts(i, now) {
+					young++
+				}
+			}
+			if old > 0 && healthy < tt.replicas-tt.unavailable {
+				t.Fatalf("%+v step %d: %d healthy, want >= %d during the update", tt, step, healthy, tt.replicas-tt.unavailable)
+			}
+			if len(insts) > tt.replicas+tt.parallel {
+				t.Fatalf("%+v step %d: %d instances, want at most %d", tt, step, len(insts), tt.replicas+tt.parallel)
+			}
+			if young > tt.parallel+tt.unavailable {
+				t.Fatalf("%+v step %d: %d new ones not yet healthy, want at most %d", tt, step, young, tt.parallel+tt.unavailable)
+			}
+			idle := len(p.Create) == 0 && len(p.Retire) == 0
+			if idle && old > 0 && !starting && p.RecheckAt.IsZero() {
+				t.Fatalf("%+v step %d: nothing planned, nothing starting, no recheck, %d old left", tt, step, old)
+			}
+			converged = idle && old == 0 && !starting
+		}
+		if !converged || len(insts) != tt.replicas {
+			t.Fatalf("%+v: converged %v with %d instances, want %d", tt, converged, len(insts), tt.replicas)
+		}
+	}
+}

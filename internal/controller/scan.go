@@ -49,6 +49,8 @@ type appScan struct {
 	in       planInput
 	health   uint64 // sum over the healthy instances, for in.shape when health counts
 	current  int    // instances that run the current template on a node in use
+	healthy  int    // those of them that are healthy (the rollout tracker's progress)
+	problem  string // what the last unhealthy one of them says, for a failed rollout
 	old      bool   // an instance of an older template or on a draining node
 	waiting  bool
 	insts    []*api.Instance // when wanted
@@ -115,6 +117,11 @@ func (s *scan) add(inst *api.Instance) {
 	if a.app != nil && inst.Desired != api.DesiredStop && (inst.Node == "" || state == api.NodeReady || state == api.NodeDraining) {
 		if inst.Revision == a.app.TemplateRevision && state != api.NodeDraining {
 			a.current++
+			if isHealthy(*inst) {
+				a.healthy++
+			} else {
+				a.problem = instanceProblem(inst)
+			}
 		} else {
 			a.old = true
 		}

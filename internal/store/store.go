@@ -76,6 +76,8 @@ var (
 	Queues    = Kind[api.Queue]{"queues/", func(q *api.Queue) *int64 { return &q.Version }, "queue named"}
 	Schedules = Kind[api.Schedule]{"schedules/", func(s *api.Schedule) *int64 { return &s.Version }, "schedule named"}
 	Tokens    = Kind[api.Token]{"tokens/", func(t *api.Token) *int64 { return &t.Version }, "token"}
+	// Revisions are named api.RevisionKey(app, n): an app's history, in order.
+	Revisions = Kind[api.Revision]{"revisions/", func(r *api.Revision) *int64 { return &r.Version }, "revision"}
 )
 
 // notFound is ErrNotFound for one record, worded for the people who
@@ -131,6 +133,28 @@ func (k Kind[T]) List(ctx context.Context, s *Store) ([]T, int64, error) {
 		items = append(items, v)
 	}
 	return items, resp.Header.Revision, nil
+}
+
+// ListUnder reads the records whose names start with prefix, in order.
+func (k Kind[T]) ListUnder(ctx context.Context, s *Store, prefix string) ([]T, error) {
+	resp, err := s.cli.Get(ctx, k.key(prefix), clientv3.WithPrefix())
+	if err != nil {
+		return nil, fmt.Errorf("list %s%s: %w", k.prefix, prefix, err)
+	}
+	items := make([]T, 0, len(resp.Kvs))
+	for _, kv := range resp.Kvs {
+		v, err := k.decode(kv.Value, kv.ModRevision)
+		if err != nil {
+			return nil, err
+		}
+		items = append(items, v)
+	}
+	return items, nil
+}
+
+// DeleteUnder removes every record whose name starts with prefix.
+func (k Kind[T]) DeleteUnder(prefix string) Op {
+	return Op{op: clientv3.OpDelete(k.key(prefix), clientv3.WithPrefix()), desc: "delete " + k.prefix + prefix + "*"}
 }
 
 // Op is one write of a transaction: a condition and the change.

@@ -124,4 +124,23 @@ func TestHAKillLeaderMidDeploy(t *testing.T) {
 			t.Errorf("GET %s (%s): %d %q %v", i.Status.Address, i.Name, code, body, err)
 		}
 	}
+
+	// The new leader settles revision 2, and every server tells the same
+	// history.
+	var want string
+	waitFor(t, 30*time.Second, func() (bool, string) {
+		h := c.api(t).history(t, "ha")
+		return len(h) == 2 && h[0].Outcome == "rolled out" && h[1].Outcome == "rolled out", describeHistory(h)
+	})
+	for _, s := range c.list {
+		if !s.running() {
+			continue
+		}
+		got := describeHistory(s.view(c).history(t, "ha"))
+		if want == "" {
+			want = got
+		} else if got != want {
+			t.Errorf("%s tells another history:\n%s\nthan:\n%s", s.addr, got, want)
+		}
+	}
 }
