@@ -269,13 +269,8 @@ func (s *Server) scaleApp(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
 	ctx := r.Context()
 	for {
-		old, err := store.Apps.Get(ctx, s.Store, name)
-		if err != nil {
-			s.writeStoreError(w, err)
-			return
-		}
-		if old.Deleting {
-			writeError(w, http.StatusConflict, "", "app %s is being removed", name)
+		old, ok := s.changeableApp(w, r, name)
+		if !ok {
 			return
 		}
 		if old.Spec.ReplicaCount() == req.Replicas {
@@ -304,4 +299,19 @@ func (s *Server) scaleApp(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, app)
 		return
 	}
+}
+
+// changeableApp reads an app a request is about to change, or answers
+// why it cannot: it does not exist (404) or is being removed (409).
+func (s *Server) changeableApp(w http.ResponseWriter, r *http.Request, name string) (api.App, bool) {
+	app, err := store.Apps.Get(r.Context(), s.Store, name)
+	switch {
+	case err != nil:
+		s.writeStoreError(w, err)
+	case app.Deleting:
+		writeError(w, http.StatusConflict, "name", "app %s is being removed", name)
+	default:
+		return app, true
+	}
+	return app, false
 }

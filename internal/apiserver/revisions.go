@@ -127,13 +127,8 @@ func (s *Server) rollbackApp(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
 	ctx := r.Context()
 	for {
-		old, err := store.Apps.Get(ctx, s.Store, name)
-		if err != nil {
-			s.writeStoreError(w, err)
-			return
-		}
-		if old.Deleting {
-			writeError(w, http.StatusConflict, "name", "app %s is being removed", name)
+		old, ok := s.changeableApp(w, r, name)
+		if !ok {
 			return
 		}
 		history, err := s.listRevisionsOf(ctx, name)
