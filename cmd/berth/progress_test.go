@@ -38,12 +38,15 @@ func TestProgressNote(t *testing.T) {
 
 func TestProgressDeadline(t *testing.T) {
 	d := func(v time.Duration) *api.Duration { x := api.Duration(v); return &x }
-	if got := progressDeadline(api.AppSpec{}); got != 2*time.Minute {
-		t.Errorf("without a health check: %s, want 2m", got)
+	// The server's update.progress_deadline (default 5m) and 15s, so that
+	// its verdict is seen; at least 2m.
+	if got := progressDeadline(api.AppSpec{}); got != 5*time.Minute+15*time.Second {
+		t.Errorf("without a health check: %s, want the server's 5m and 15s", got)
 	}
-	quick := api.AppSpec{Health: &api.Health{HTTP: "/", Interval: d(5 * time.Second), Retries: 3, StartPeriod: d(10 * time.Second)}}
+	quick := api.AppSpec{Health: &api.Health{HTTP: "/", Interval: d(5 * time.Second), Retries: 3, StartPeriod: d(10 * time.Second)},
+		Update: &api.Update{ProgressDeadline: d(10 * time.Second)}}
 	if got := progressDeadline(quick); got != 2*time.Minute {
-		t.Errorf("default health check: %s, want 2m", got)
+		t.Errorf("default health check, progress_deadline 10s: %s, want 2m", got)
 	}
 	slow := api.AppSpec{Health: &api.Health{HTTP: "/", Interval: d(10 * time.Second), Retries: 3, StartPeriod: d(5 * time.Minute)}}
 	if got := progressDeadline(slow); got != 12*time.Minute {
