@@ -9,4 +9,4 @@ cd "$(dirname "$0")/.."
 ./scripts/build-images.sh --if-missing
 go vet ./...
 # Under CI=true the end-to-end tests fail, never skip, without Docker.
-go test -count=1 -timeout 9m ./... 2>&1
+go test -count=1 -timeout 13m ./... 2>&1

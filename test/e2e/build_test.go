@@ -135,7 +135,12 @@ func TestBuildFromGit(t *testing.T) {
 	if app.Spec.Image != "web:"+sha || app.ImageDigest != digest {
 		t.Fatalf("app web after the build: image %s digest %s; want web:%s at %s", app.Spec.Image, app.ImageDigest, sha, digest)
 	}
-	rows := b.ps(t, "web")
+	var rows []psRow
+	for _, r := range b.ps(t, "web") {
+		if !strings.Contains(r.Info, "kept for a fast rollback") { // revision 1's, stopped
+			rows = append(rows, r)
+		}
+	}
 	if len(rows) != 1 || rows[0].State != "running" || rows[0].Rev != "2" {
 		t.Fatalf("berth ps web: %+v; want one instance running at revision 2", rows)
 	}

@@ -42,7 +42,9 @@ func TestHistoryRevertAndRollback(t *testing.T) {
 	t.Parallel()
 	b := startBerth(t)
 	const host = "hist.e2e.test"
-	v1 := routedSpec("hist", 3, []string{host}, "update: {progress_deadline: 10s}\n")
+	// A short deadline keeps the test short; 20s leaves a slow engine time
+	// to start the kept containers on the rollback.
+	v1 := routedSpec("hist", 3, []string{host}, "update: {progress_deadline: 20s}\n")
 	v2 := strings.Replace(v1, "http: /healthz", "http: /nope", 1) // never healthy
 	v3 := strings.Replace(v1, imageDemo1, imageDemo2, 1)
 	b.mustDeploy(t, v1)
@@ -52,7 +54,7 @@ func TestHistoryRevertAndRollback(t *testing.T) {
 	// v2 fails: the deploy says it was reverted, and why.
 	start := time.Now()
 	r := b.deploy(t, v2)
-	if r.code == 0 || !strings.Contains(r.stderr, "revision 2 reverted to the last good one (now revision 3") || !strings.Contains(r.stderr, "no new instance became healthy for 10s") {
+	if r.code == 0 || !strings.Contains(r.stderr, "revision 2 reverted to the last good one (now revision 3") || !strings.Contains(r.stderr, "no new instance became healthy for 20s") {
 		t.Fatalf("deploy of a revision that never gets healthy: want a failure saying it was reverted:\n%s", r)
 	}
 	t.Logf("reverted %s after the deploy", time.Since(start).Round(100*time.Millisecond))
