@@ -4,8 +4,10 @@
 # bench/results.txt), bench/gateway (bench/gateway-results.txt),
 # bench/tasks (bench/tasks-results.txt), bench/failover
 # (bench/failover/results.txt) and bench/placement with its million run
-# (bench/placement-results.txt; about 15 minutes) and bench/images, the registry's
-# throughput and the herd of pulls (bench/images-results.txt). Extra arguments go to the first
+# (bench/placement-results.txt; about 15 minutes), bench/images, the registry's
+# throughput and the herd of pulls (bench/images-results.txt), and bench/builds,
+# berth build and git push to serving against docker build/push/run
+# (bench/builds-results.txt). Extra arguments go to the first
 # benchmark (e.g. -keep to keep berth's log and data dir, -v for every event).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,6 +30,8 @@ go build -o "$tmp/bench-tasks" ./bench/tasks
 go build -o "$tmp/bench-failover" ./bench/failover
 go build -o "$tmp/bench-placement" ./bench/placement
 go build -o "$tmp/bench-images" ./bench/images
+go build -o "$tmp/bench-rollout" ./bench/rollout
+go build -o "$tmp/bench-builds" ./bench/builds
 
 start=$SECONDS
 "$tmp/bench" -berth "$tmp/berth" -out bench/results.txt "$@"
@@ -36,4 +40,6 @@ start=$SECONDS
 "$tmp/bench-failover" -berth "$tmp/berth" -out bench/failover/results.txt
 "$tmp/bench-placement" -c1m -out bench/placement-results.txt
 "$tmp/bench-images" -berth "$tmp/berth" -out bench/images-results.txt
+"$tmp/bench-rollout" -berth "$tmp/berth" -out bench/rollout-results.txt
+"$tmp/bench-builds" -berth "$tmp/berth" -out bench/builds-results.txt
 echo "bench: done in $((SECONDS - start))s"

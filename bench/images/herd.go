@@ -62,11 +62,11 @@ func (h herdResult) blobs() int {
 func (b *bench) herd(ctx context.Context) (herdResult, error) {
 	res := herdResult{repo: "bench/herd:1", loadBefore: loadavg()}
 	t0 := time.Now()
-	if _, err := b.berth.cli(ctx, "image", "push", b.image, "--as", res.repo); err != nil {
+	if _, err := b.berth.CLI(ctx, "image", "push", b.image, "--as", res.repo); err != nil {
 		return res, err
 	}
 	res.push = time.Since(t0)
-	agentToken, err := b.berth.cli(ctx, "token", "create", "--role", "agent", "--description", "images bench caches")
+	agentToken, err := b.berth.CLI(ctx, "token", "create", "--role", "agent", "--description", "images bench caches")
 	if err != nil {
 		return res, err
 	}

@@ -119,7 +119,7 @@ func (b *bench) run(ctx context.Context) (*report, error) {
 	if b.berth, err = startBerth(ctx, bin, b.tmp); err != nil {
 		return nil, err
 	}
-	if b.proxy, err = startProxy("http://" + b.berth.addr); err != nil {
+	if b.proxy, err = startProxy("http://" + b.berth.Addr); err != nil {
 		return nil, err
 	}
 	for i := range *nEngines {
@@ -131,8 +131,8 @@ func (b *bench) run(ctx context.Context) (*report, error) {
 	}
 	logf("%d engines of the bench's own are up", len(b.engines))
 	b.config = filepath.Join(b.tmp, "docker-config")
-	for _, host := range []string{b.berth.addr, b.proxy.addr} {
-		if _, err := dockerCLI(ctx, "--config", b.config, "login", host, "-u", "berth", "-p", b.berth.token); err != nil {
+	for _, host := range []string{b.berth.Addr, b.proxy.addr} {
+		if _, err := dockerCLI(ctx, "--config", b.config, "login", host, "-u", "berth", "-p", b.berth.Token); err != nil {
 			return nil, err
 		}
 	}
@@ -191,7 +191,7 @@ func (b *bench) cleanup() {
 	if b.proxy != nil {
 		b.proxy.close()
 	}
-	b.berth.stop()
+	b.berth.Stop()
 	if b.image != "" {
 		if _, err := dockerCLI(ctx, "rmi", b.image); err != nil {
 			logf("cleanup: %v", err)

@@ -69,12 +69,12 @@ func (b *bench) throughput(ctx context.Context) (throughputResult, error) {
 		}
 		target := fmt.Sprintf("bench/throughput-%d:1", i+1)
 		t0 = time.Now()
-		if _, err := b.berth.cli(ctx, "image", "push", b.image, "--as", target); err != nil {
+		if _, err := b.berth.CLI(ctx, "image", "push", b.image, "--as", target); err != nil {
 			return res, err
 		}
 		r.push = time.Since(t0)
 		t0 = time.Now()
-		if _, err := dockerCLI(ctx, "--config", b.config, "-H", "unix://"+e.sock, "pull", "-q", b.berth.addr+"/"+target); err != nil {
+		if _, err := dockerCLI(ctx, "--config", b.config, "-H", "unix://"+e.sock, "pull", "-q", b.berth.Addr+"/"+target); err != nil {
 			return res, err
 		}
 		r.pull = time.Since(t0)
