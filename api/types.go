@@ -134,11 +134,6 @@ type Instance struct {
 	// the replacement backoff.
 	Attempt   int       `json:"attempt,omitempty"`
 	NotBefore time.Time `json:"not_before,omitempty"`
-
-	// KeptUntil: set on an instance that a rolling update replaced and
-	// kept (Desired idle: its container stopped, not removed) for a fast
-	// rollback, which starts it again; it is retired at this time.
-	KeptUntil time.Time `json:"kept_until,omitempty"`
 }
 
 // Status is what the agent reports about an instance.

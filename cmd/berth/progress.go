@@ -30,8 +30,6 @@ func assess(app api.App, insts []api.Instance) rollout {
 	r := rollout{want: app.Spec.ReplicaCount()}
 	for _, inst := range insts {
 		switch {
-		case inst.Desired == api.DesiredIdle && !inst.KeptUntil.IsZero():
-			continue // kept stopped for a fast rollback: not part of the rollout
 		case inst.Desired == api.DesiredStop:
 			r.stopping++
 		case inst.Revision != app.TemplateRevision:

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"text/tabwriter"
-	"time"
 
 	"github.com/spf13/cobra"
 
@@ -71,11 +70,8 @@ func appExists(ctx context.Context, cl *client.Client, name string) error {
 }
 
 func displayState(inst api.Instance) string {
-	switch {
-	case inst.Desired == api.DesiredStop && inst.Status.State != api.StateStopping:
+	if inst.Desired == api.DesiredStop && inst.Status.State != api.StateStopping {
 		return "retiring"
-	case kept(inst) && inst.Status.State == api.StateIdle:
-		return "kept" // stopped, its container kept for a fast rollback
 	}
 	return inst.Status.State
 }
@@ -86,21 +82,8 @@ func info(inst api.Instance) string {
 		return inst.Reason
 	case inst.Desired == api.DesiredStop:
 		return inst.StopReason
-	case kept(inst):
-		left := "expiring"
-		if d := time.Until(inst.KeptUntil); d > 0 {
-			left = d.Round(time.Second).String() + " left"
-		}
-		return fmt.Sprintf("stopped, kept for a fast rollback to revision %d until %s (%s)",
-			inst.Revision, inst.KeptUntil.Local().Format("15:04:05"), left)
 	}
 	return inst.Status.Error
-}
-
-// kept: replaced by a rolling update, stopped and kept so that a
-// rollback starts it again.
-func kept(inst api.Instance) bool {
-	return inst.Desired == api.DesiredIdle && !inst.KeptUntil.IsZero()
 }
 
 func orDash(s string) string {

@@ -256,33 +256,14 @@ func (c *Controller) applyPlan(ctx context.Context, app api.App, insts []api.Ins
 	for _, inst := range insts {
 		if desired, ok := idleChange(p, inst.Name); ok {
 			inst.Desired = desired
-			if inst.KeptUntil.IsZero() {
-				writes = append(writes, putInstance(inst))
-				continue
-			}
-			// A rollback to its template: the kept container starts again.
-			inst.KeptUntil, inst.StopReason = time.Time{}, ""
-			w := putInstance(inst)
-			ev, err := c.Store.AppendEvent(ctx, api.Event{Kind: "resumed", App: inst.App, Instance: inst.Name, Node: inst.Node,
-				Message: fmt.Sprintf("revision %d is current again: its kept container starts again", inst.Revision)})
-			if err != nil {
-				return nil, nil, err
-			}
-			w.ops = append(w.ops, ev)
-			writes = append(writes, w)
+			writes = append(writes, putInstance(inst))
 			continue
 		}
 		reason, ok := p.Retire[inst.Name]
 		if !ok {
 			continue
 		}
-		inst.Desired, inst.StopReason, inst.KeptUntil = api.DesiredStop, reason, time.Time{}
-		kind := "retired"
-		if until, ok := p.Kept[inst.Name]; ok {
-			// Stopped, not removed: a rollback may start it again.
-			reason += ": kept stopped for a fast rollback until " + until.UTC().Format(time.RFC3339)
-			inst.Desired, inst.StopReason, inst.KeptUntil, kind = api.DesiredIdle, reason, until, "kept"
-		}
+		inst.Desired, inst.StopReason = api.DesiredStop, reason
 		var w write
 		if inst.Node == "" {
 			// Never placed: nothing runs, the record can go now.
@@ -290,6 +271,7 @@ func (c *Controller) applyPlan(ctx context.Context, app api.App, insts []api.Ins
 		} else {
 			w = putInstance(inst)
 		}
+		kind := "retired"
 		if _, lost := p.Lost[inst.Name]; lost {
 			kind = "lost"
 			reason += ": replaced"
@@ -540,9 +522,6 @@ func (c *Controller) idleApps(ctx context.Context, apps []api.App, byApp map[str
 func settled(app api.App, insts []api.Instance) bool {
 	n := 0
 	for _, inst := range insts {
-		if isKept(inst) {
-			continue // stopped for a fast rollback: not part of the app's rollout
-		}
 		if inst.Desired != api.DesiredRun || inst.Revision != app.TemplateRevision {
 			return false
 		}

@@ -14,15 +14,11 @@ type Plan struct {
 	Retire    map[string]string // instance name -> reason
 	Lost      map[string]string // instance name -> why: its node is down or gone; retired too
 	Idle      []string          // instances to stop and keep: the app is scaled to zero
-	Resume    []string          // idle or kept instances to start again: the app was woken, or rolled back to them
+	Resume    []string          // idle instances to start again: the app was woken
 	DeleteApp bool              // app is being removed and nothing of it is left
 	// RecheckAt: plan again then though nothing changed (a new instance
-	// reaches min_healthy, a kept one expires); zero: no need.
+	// reaches min_healthy); zero: no need.
 	RecheckAt time.Time
-
-	// Kept: of Retire, those stopped and kept until then for a fast
-	// rollback (Desired idle, KeptUntil), not removed.
-	Kept map[string]time.Time
 }
 
 // PlanApp compares an app with its instances and decides, without I/O,
@@ -39,52 +35,37 @@ type Plan struct {
 // once, and instances on a draining node move like old ones in a rolling
 // update, one at a time. A nil nodes map says nothing: every node is
 // taken as ready.
-//
-// Fast rollback: the healthy instances an update replaces, of the template
-// current just before it, are kept (stopped, see keptPlan) for the app's
-// update.keep_previous, at most replicas of them. They count for nothing
-// here until a rollback makes their template current again: then they
-// start again in place of new instances.
 func PlanApp(app api.App, instances []api.Instance, nodes map[string]string, now time.Time) Plan {
-	p := Plan{Retire: map[string]string{}, Lost: map[string]string{}, Kept: map[string]time.Time{}}
-	var active, keptInsts []api.Instance
+	p := Plan{Retire: map[string]string{}, Lost: map[string]string{}}
+	var active []api.Instance
 	draining := map[string]bool{}
 	for _, inst := range instances {
 		if inst.Desired == api.DesiredStop {
 			continue
 		}
-		lost := ""
 		switch state, known := nodes[inst.Node]; {
 		case nodes == nil || inst.Node == "" || state == api.NodeReady:
 		case !known:
-			lost = fmt.Sprintf("lost: node %s is gone", inst.Node)
+			p.Lost[inst.Name] = fmt.Sprintf("lost: node %s is gone", inst.Node)
+			continue
 		case state == api.NodeDown:
-			lost = fmt.Sprintf("lost: node %s is down", inst.Node)
+			p.Lost[inst.Name] = fmt.Sprintf("lost: node %s is down", inst.Node)
+			continue
 		case state == api.NodeDraining:
 			draining[inst.Name] = true
 		}
-		switch {
-		case isKept(inst) && lost != "":
-			p.Retire[inst.Name] = keptFor(inst) + ": " + lost // nothing to replace
-		case isKept(inst):
-			keptInsts = append(keptInsts, inst)
-		case lost != "":
-			p.Lost[inst.Name] = lost
-		default:
-			active = append(active, inst)
-		}
+		active = append(active, inst)
 	}
 	for name, why := range p.Lost {
 		p.Retire[name] = why
 	}
 	if app.Deleting {
-		for _, inst := range append(active, keptInsts...) {
+		for _, inst := range active {
 			p.Retire[inst.Name] = api.StopAppRemoved
 		}
 		p.DeleteApp = len(instances) == 0
 		return p
 	}
-	keptInsts = p.expireKept(keptInsts, draining, now)
 	// Scaled to zero: every instance stops and keeps its container, and
 	// nothing else changes until the app is woken.
 	if app.Idled {
@@ -93,7 +74,6 @@ func PlanApp(app api.App, instances []api.Instance, nodes map[string]string, now
 				p.Idle = append(p.Idle, inst.Name)
 			}
 		}
-		p.recheckKept(keptInsts)
 		return p
 	}
 	for i, inst := range active {
@@ -132,9 +112,6 @@ func PlanApp(app api.App, instances []api.Instance, nodes map[string]string, now
 	}
 	want := app.Spec.ReplicaCount()
 	r := newPolicy(app, now)
-	k := keptPlan(&p, app, keptInsts, old)
-	cur = k.resume(&p, cur, want)
-	p.recheckKept(k.stay)
 	healthy := 0 // old ones healthy and new ones past min_healthy
 	for _, inst := range old {
 		if isHealthy(inst) {
@@ -147,18 +124,17 @@ func PlanApp(app api.App, instances []api.Instance, nodes map[string]string, now
 		}
 	}
 	if len(old) > 0 {
-		p.RecheckAt = earliest(p.RecheckAt, r.recheck(cur))
+		p.RecheckAt = r.recheck(cur)
 	}
 
 	// Old instances: broken ones go at once; healthy ones while more than
 	// replicas-max_unavailable stay healthy. Those beyond the replicas
 	// (the spec lowered them) are not replaced but scaled down: the
 	// surplus is what exceeds the replicas and the new instances (up to
-	// parallel, or as many as the old ones when more came at once: a
-	// rollback resumes its kept instances at once) that replace them.
+	// parallel) a rolling update adds while it runs.
 	surplus := len(old) + len(cur) - want
 	if len(old) > 0 {
-		surplus -= min(len(cur), max(r.parallel, len(old)))
+		surplus -= min(len(cur), r.parallel)
 	}
 	starting := r.starting(cur)
 	oldLeft := len(old)
@@ -168,7 +144,7 @@ func PlanApp(app api.App, instances []api.Instance, nodes map[string]string, now
 		if draining[inst.Name] {
 			why = fmt.Sprintf("moved off node %s: draining", inst.Node)
 		}
-		retire, keep := false, false
+		retire := false
 		switch {
 		case want == 0:
 			p.Retire[inst.Name] = "scaled to zero"
@@ -176,19 +152,16 @@ func PlanApp(app api.App, instances []api.Instance, nodes map[string]string, now
 		case !isHealthy(inst):
 			retire = true
 		case healthy > want-r.unavailable && !r.keepLast(oldLeft, healthy, want, len(cur), starting):
-			retire, keep = true, !draining[inst.Name]
+			retire = true
 			healthy--
 		}
 		if retire {
 			oldLeft--
 			if surplus > 0 {
-				why, keep = "scaled down", false
+				why = "scaled down"
 				surplus--
 			}
 			p.Retire[inst.Name] = why
-			if keep {
-				k.keep(&p, inst, want, r)
-			}
 		}
 	}
 	remainingOld := oldLeft
@@ -228,102 +201,6 @@ func PlanApp(app api.App, instances []api.Instance, nodes map[string]string, now
 	}
 	replaceSick(p, sick, now)
 	return p
-}
-
-// isKept: an instance a rolling update replaced, stopped and kept for a
-// fast rollback.
-func isKept(inst api.Instance) bool {
-	return inst.Desired == api.DesiredIdle && !inst.KeptUntil.IsZero()
-}
-
-// keptFor starts the reasons of a kept instance.
-func keptFor(inst api.Instance) string {
-	return "kept for a fast rollback until " + inst.KeptUntil.UTC().Format(time.RFC3339)
-}
-
-// expireKept retires the kept instances whose time is up, or whose node
-// drains (they would start there), and returns the others.
-func (p *Plan) expireKept(kept []api.Instance, draining map[string]bool, now time.Time) []api.Instance {
-	var left []api.Instance
-	for _, inst := range kept {
-		switch {
-		case !now.Before(inst.KeptUntil):
-			p.Retire[inst.Name] = keptFor(inst) + ": expired"
-		case draining[inst.Name]:
-			p.Retire[inst.Name] = keptFor(inst) + ": node " + inst.Node + " is draining"
-		default:
-			left = append(left, inst)
-		}
-	}
-	return left
-}
-
-// recheckKept: the plan is made again when the first of the instances
-// that stay kept is up.
-func (p *Plan) recheckKept(kept []api.Instance) {
-	for _, inst := range kept {
-		p.RecheckAt = earliest(p.RecheckAt, inst.KeptUntil)
-	}
-}
-
-// keeping is what a plan does with the kept instances: those of the
-// current template (after a rollback) resume; while an update runs, those
-// of the template it replaces stay and more of it are kept, and those of
-// any other go.
-type keeping struct {
-	template  int64 // the template whose instances the update keeps: the newest of the old ones; 0: none
-	resumable []api.Instance
-	stay      []api.Instance // kept ones that stay so
-	n         int            // kept once the plan is carried out
-}
-
-func keptPlan(p *Plan, app api.App, kept, old []api.Instance) *keeping {
-	k := &keeping{}
-	for _, inst := range old {
-		if inst.Revision != app.TemplateRevision { // not just on a draining node
-			k.template = max(k.template, inst.Revision)
-		}
-	}
-	for _, inst := range kept {
-		switch {
-		case inst.Revision == app.TemplateRevision:
-			k.resumable = append(k.resumable, inst)
-			continue
-		case k.template != 0 && inst.Revision != k.template:
-			p.Retire[inst.Name] = fmt.Sprintf("%s: superseded, the update to revision %d keeps revision %d's instead", keptFor(inst), app.TemplateRevision, k.template)
-			continue
-		}
-		k.stay = append(k.stay, inst)
-		k.n++
-	}
-	return k
-}
-
-// resume starts the kept instances of the current template again, lowest
-// index first, in place of new ones while fewer than want are current;
-// they count as new ones starting.
-func (k *keeping) resume(p *Plan, cur []api.Instance, want int) []api.Instance {
-	sort.SliceStable(k.resumable, func(a, b int) bool { return k.resumable[a].Index < k.resumable[b].Index })
-	for _, inst := range k.resumable {
-		if len(cur) >= want {
-			k.stay = append(k.stay, inst)
-			k.n++
-			continue
-		}
-		p.Resume = append(p.Resume, inst.Name)
-		inst.Desired, inst.KeptUntil = api.DesiredRun, time.Time{}
-		cur = append(cur, inst)
-	}
-	return cur
-}
-
-// keep keeps a healthy old instance the update retires as replaced, if it
-// is of the template kept and fewer than want are kept.
-func (k *keeping) keep(p *Plan, inst api.Instance, want int, r policy) {
-	if r.keep > 0 && inst.Node != "" && inst.Revision == k.template && k.n < want {
-		p.Kept[inst.Name] = r.now.Add(r.keep)
-		k.n++
-	}
 }
 
 // replaceSick gives the new instances the places of the sick ones (never
@@ -371,13 +248,13 @@ func NewInstance(app api.App, index int, now time.Time) api.Instance {
 // policy is an app's update policy as PlanApp applies it at now.
 type policy struct {
 	parallel, unavailable int
-	minHealthy, keep      time.Duration
+	minHealthy            time.Duration
 	now                   time.Time
 }
 
 func newPolicy(app api.App, now time.Time) policy {
 	u := app.Spec.UpdateOf()
-	return policy{parallel: *u.Parallel, unavailable: *u.MaxUnavailable, minHealthy: u.MinHealthy.D(), keep: u.KeepPrevious.D(), now: now}
+	return policy{parallel: *u.Parallel, unavailable: *u.MaxUnavailable, minHealthy: u.MinHealthy.D(), now: now}
 }
 
 // counts: a new instance counts as healthy for the rollout once it has
