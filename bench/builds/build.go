@@ -208,7 +208,7 @@ func (b *bench) berthBuild(ctx context.Context, r *repo) (stamped, time.Time, er
 	w := &queueWatch{b: b, cancel: cancel}
 	go w.run(ctx)
 	cmd := b.berth.Command(ctx, "build", buildApp, r.dir)
-	cmd.Env = os.Environ()
+	cmd.Env = b.env
 	out, start, err := runStamped(cmd, w.line)
 	b.noteBuilt(out)
 	if werr := w.err(); werr != nil {

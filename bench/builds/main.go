@@ -44,6 +44,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -82,9 +83,10 @@ type bench struct {
 	runID   string
 	berth   *berthup.Up
 	cluster string
-	config  string // docker CLI config dir with the login to berth's registry
-	demoBin string // the static demo binary
-	asset   string // the asset's random bytes, copied into each repository
+	config  string   // docker CLI config dir with the login to berth's registry
+	env     []string // of berth up and of the commands the bench runs: TMPDIR in tmp
+	demoBin string   // the static demo binary
+	asset   string   // the asset's random bytes, copied into each repository
 
 	mu     sync.Mutex
 	images []string // image ids and tags the run made, in order
@@ -164,7 +166,15 @@ func (b *bench) run(ctx context.Context) (*report, error) {
 	if err := randomFile(b.asset, *assetMiB); err != nil {
 		return nil, err
 	}
-	if b.berth, err = berthup.Start(ctx, bin, b.tmp, logf); err != nil {
+	// Temporary files of berth's (build contexts, of the CLI's and of the
+	// git hooks') go into the bench's dir: a command stopped before its
+	// end leaves its file there, not in /tmp.
+	tmpdir := filepath.Join(b.tmp, "tmp")
+	if err := os.MkdirAll(tmpdir, 0o700); err != nil {
+		return nil, err
+	}
+	b.env = append(os.Environ(), "TMPDIR="+tmpdir)
+	if b.berth, err = berthup.StartEnv(ctx, bin, b.tmp, b.env, logf); err != nil {
 		return nil, err
 	}
 	st, err := b.berth.Client().Status(ctx)
@@ -236,6 +246,7 @@ func (b *bench) cleanup() {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	b.berth.Stop()
+	b.stopStrays()
 	filters := []string{"label=" + floorLabel + "=" + b.runID}
 	if b.cluster != "" {
 		filters = append(filters, "label=berth.cluster="+b.cluster)
@@ -287,6 +298,60 @@ func (b *bench) cleanup() {
 		return
 	}
 	os.RemoveAll(b.tmp)
+}
+
+// stopStrays ends the processes still running in the bench's temporary
+// dir once berth up has stopped: the git hooks (berth git-hook, under git
+// http-backend) of a push that was cut short outlive berth up.
+func (b *bench) stopStrays() {
+	if b.tmp == "" {
+		return
+	}
+	find := func() []int {
+		var pids []int
+		dirs, _ := os.ReadDir("/proc")
+		for _, d := range dirs {
+			pid, err := strconv.Atoi(d.Name())
+			if err != nil || pid == os.Getpid() {
+				continue
+			}
+			cwd, err := os.Readlink(filepath.Join("/proc", d.Name(), "cwd"))
+			if err == nil && (cwd == b.tmp || strings.HasPrefix(cwd, b.tmp+"/")) {
+				pids = append(pids, pid)
+			}
+		}
+		return pids
+	}
+	pids := find()
+	if len(pids) == 0 {
+		return
+	}
+	// A hook's build context, in /tmp (git http-backend does not pass
+	// TMPDIR on): it is removed when the hook ends by itself, not when
+	// it is killed.
+	var contexts []string
+	for _, pid := range pids {
+		fds, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+		for _, fd := range fds {
+			f, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, fd.Name()))
+			if err == nil && strings.HasPrefix(f, filepath.Join(os.TempDir(), "berth-build-")) && strings.HasSuffix(f, ".tar") {
+				contexts = append(contexts, f)
+			}
+		}
+	}
+	logf("cleanup: %d processes still run in %s after berth up stopped (pids %v): SIGTERM", len(pids), b.tmp, pids)
+	for _, pid := range pids {
+		syscall.Kill(pid, syscall.SIGTERM)
+	}
+	time.Sleep(2 * time.Second)
+	for _, pid := range find() {
+		syscall.Kill(pid, syscall.SIGKILL)
+	}
+	for _, f := range contexts {
+		if err := os.Remove(f); err == nil {
+			logf("cleanup: removed %s, left by a git hook", f)
+		}
+	}
 }
 
 // isBase says whether image id is berth/demo:1, which the app ran first

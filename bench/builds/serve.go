@@ -6,9 +6,9 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -161,7 +161,7 @@ func (b *bench) pushWatching(ctx context.Context, r *repo, onLine func(stampedLi
 	w := &queueWatch{b: b, cancel: cancel}
 	go w.run(ctx)
 	args := append(append([]string{"-C", r.dir, "push"}, opts...), "berth", "main")
-	cmd := commandIn(ctx, "", append(os.Environ(), "GIT_TERMINAL_PROMPT=0", "GIT_ASKPASS=/bin/false"), "git", args...)
+	cmd := commandIn(ctx, "", append(slices.Clone(b.env), "GIT_TERMINAL_PROMPT=0", "GIT_ASKPASS=/bin/false"), "git", args...)
 	out, start, err := runStamped(cmd, func(l stampedLine) {
 		w.line(l)
 		if onLine != nil {

@@ -33,6 +33,12 @@ type Up struct {
 // until it answers with the token it wrote. logf gets what a bench says
 // about it. On an error the returned Up (when not nil) is to be stopped.
 func Start(ctx context.Context, bin, tmp string, logf func(format string, args ...any), extra ...string) (*Up, error) {
+	return StartEnv(ctx, bin, tmp, nil, logf, extra...)
+}
+
+// StartEnv is Start with env as berth up's environment (nil: the bench's
+// own); what berth up runs (git's hooks) inherits it.
+func StartEnv(ctx context.Context, bin, tmp string, env []string, logf func(format string, args ...any), extra ...string) (*Up, error) {
 	b := &Up{Bin: bin, DataDir: filepath.Join(tmp, "data"), LogPath: filepath.Join(tmp, "berth.log"),
 		Addr: FreeAddr(), GatewayAddr: FreeAddr(), logf: logf}
 	logFile, err := os.Create(b.LogPath)
@@ -42,6 +48,7 @@ func Start(ctx context.Context, bin, tmp string, logf func(format string, args .
 	args := append([]string{"up", "--listen", b.Addr, "--data-dir", b.DataDir, "--gateway-addr", b.GatewayAddr}, extra...)
 	b.cmd = exec.Command(b.Bin, args...)
 	b.cmd.Stdout, b.cmd.Stderr = logFile, logFile
+	b.cmd.Env = env
 	b.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
 	if err := b.cmd.Start(); err != nil {
 		logFile.Close()
