@@ -27,10 +27,14 @@
 //
 // Run it from the repository root (it compiles ./examples/demo and reads
 // examples/hello.yaml). It needs git and the berth/demo:1 image
-// (scripts/build-images.sh). The bench's berth up is stopped with SIGTERM
-// at the end, its cluster's containers and the floor's are removed, so are
-// the images both sides built and the temporary dir (unless -keep), also
-// after a failure or Ctrl-C.
+// (scripts/build-images.sh). A build that stays queued for 2 minutes
+// stops the run, with what the server says of the build and the node; a
+// failed commit-to-serving comparison still reports the build's figures
+// (and exits 1). The bench's berth up is stopped with SIGTERM at the end,
+// then what still runs in its dir (git hooks of a push cut short), its
+// cluster's containers and the floor's are removed, so are the images
+// both sides built and the temporary dir (unless -keep), also after a
+// failure or Ctrl-C.
 package main
 
 import (
