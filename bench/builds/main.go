@@ -38,6 +38,8 @@
 package main
 
 import (
+	"berth/bench/internal/measure"
+
 	"context"
 	"crypto/rand"
 	"errors"
@@ -376,16 +378,8 @@ func dockerCLI(ctx context.Context, args ...string) (string, error) {
 	return strings.TrimSpace(string(o)), nil
 }
 
-var benchStart = time.Now()
-
-func logf(format string, args ...any) {
-	fmt.Fprintf(os.Stderr, "[%6.1fs] %s\n", time.Since(benchStart).Seconds(), fmt.Sprintf(format, args...))
-}
-
-func loadavg() string {
-	load, _ := os.ReadFile("/proc/loadavg")
-	if f := strings.Fields(string(load)); len(f) > 0 {
-		return f[0]
-	}
-	return "?"
-}
+// The progress lines and load average every bench prints.
+var (
+	logf    = measure.Logf
+	loadavg = measure.LoadAvg
+)

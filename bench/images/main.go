@@ -27,6 +27,8 @@
 package main
 
 import (
+	"berth/bench/internal/measure"
+
 	"context"
 	"crypto/rand"
 	"flag"
@@ -36,7 +38,6 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
-	"strings"
 	"syscall"
 	"time"
 )
@@ -207,16 +208,8 @@ func (b *bench) cleanup() {
 	os.RemoveAll(b.tmp)
 }
 
-var benchStart = time.Now()
-
-func logf(format string, args ...any) {
-	fmt.Fprintf(os.Stderr, "[%6.1fs] %s\n", time.Since(benchStart).Seconds(), fmt.Sprintf(format, args...))
-}
-
-func loadavg() string {
-	load, _ := os.ReadFile("/proc/loadavg")
-	if f := strings.Fields(string(load)); len(f) > 0 {
-		return f[0]
-	}
-	return "?"
-}
+// The progress lines and load average every bench prints.
+var (
+	logf    = measure.Logf
+	loadavg = measure.LoadAvg
+)

@@ -10,6 +10,7 @@ import (
 	"maps"
 	"net"
 	"net/http"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -224,4 +225,23 @@ func Ms(d time.Duration) string {
 		return fmt.Sprintf("%.0fms", float64(d)/float64(time.Millisecond))
 	}
 	return fmt.Sprintf("%.1fms", float64(d)/float64(time.Millisecond))
+}
+
+// start is when the bench process started: Logf stamps its lines from it.
+var start = time.Now()
+
+// Logf writes a progress line to stderr, stamped with the seconds since
+// the bench started.
+func Logf(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "[%6.1fs] %s\n", time.Since(start).Seconds(), fmt.Sprintf(format, args...))
+}
+
+// LoadAvg is the machine's one-minute load average ("?" when unknown):
+// the benches print it, the machines being shared.
+func LoadAvg() string {
+	load, _ := os.ReadFile("/proc/loadavg")
+	if f := strings.Fields(string(load)); len(f) > 0 {
+		return f[0]
+	}
+	return "?"
 }
