@@ -11,6 +11,7 @@ import (
 	"net/http/httptest"
 	"reflect"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -275,15 +276,18 @@ func TestHubSlowStreamLeaves(t *testing.T) {
 // gatedWriter is a response that blocks every write until open is
 // closed, as a client that stopped reading; it hands out its lines.
 type gatedWriter struct {
-	header http.Header
-	open   chan struct{}
-	lines  chan string
+	header  http.Header
+	open    chan struct{}
+	lines   chan string
+	entered chan struct{} // closed by the first write, which then blocks
+	once    sync.Once
 }
 
 func (g *gatedWriter) Header() http.Header { return g.header }
 func (g *gatedWriter) WriteHeader(int)     {}
 func (g *gatedWriter) Flush()              {}
 func (g *gatedWriter) Write(b []byte) (int, error) {
+	g.once.Do(func() { close(g.entered) })
 	<-g.open
 	for _, l := range strings.SplitAfter(string(b), "\n") {
 		if l != "" {
@@ -302,15 +306,23 @@ func TestHubStreamFallsBehindAndCatchesUp(t *testing.T) {
 	rev := putInstance(t, st, "setup-1", "setup", "n1")
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	w := &gatedWriter{header: http.Header{}, open: make(chan struct{}), lines: make(chan string, 100)}
+	w := &gatedWriter{header: http.Header{}, open: make(chan struct{}), lines: make(chan string, 100), entered: make(chan struct{})}
 	r := httptest.NewRequest("GET", "/v1/instances", nil).WithContext(ctx)
 	s := &Server{Store: st, Log: slog.New(slog.NewTextHandler(io.Discard, nil))}
 	done := make(chan struct{})
 	go func() { streamWatch(s, w, r, store.Instances, rev, watchFilter{Node: "n1"}); close(done) }()
 	eventually(t, "the stream in the hub", func() bool { return hubSubs(st) == 1 })
 
-	var revs []int64
-	for i := range 6 { // the first blocks the stream; 3 wait; the 5th is one too many
+	// The first change blocks the stream in its write (waited for, so that
+	// the stream cannot take several in one batch); then 3 wait and the 5th
+	// is one too many.
+	revs := []int64{putInstance(t, st, "a-0", "a", "n1")}
+	select {
+	case <-w.entered:
+	case <-time.After(20 * time.Second):
+		t.Fatal("the stream never wrote the first change")
+	}
+	for i := 1; i < 6; i++ {
 		revs = append(revs, putInstance(t, st, fmt.Sprintf("a-%d", i), "a", "n1"))
 	}
 	eventually(t, "the stream to leave the hub", func() bool { return hubSubs(st) == 0 })
