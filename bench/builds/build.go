@@ -1,19 +1,13 @@
 package main
 
 import (
-	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"time"
 
-	"berth/internal/build"
 )
 
 // buildRound is one round of the build comparison.
@@ -36,7 +30,6 @@ var berthBuildMarks = []struct{ name, sub string }{
 	{"context", "context: "},
 	{"queued", " queued: "},
 	{"building", "berth: building "},
-	{"revision", "berth: adding "},
 	{"pushing", "berth: pushing "},
 	{"built", "built " + buildApp + ":"},
 }
@@ -60,7 +53,6 @@ type buildResult struct {
 	warmBerth, warmFloor  time.Duration
 	contextBytes          int64
 	pushed                string          // berth's "pushed" line of the last round
-	revision              []time.Duration // docker build of berth's revision context, by hand
 	loadBefore, loadAfter string
 }
 
@@ -144,61 +136,7 @@ func (b *bench) builds(ctx context.Context) (buildResult, error) {
 		res.rounds = append(res.rounds, round)
 	}
 	res.loadAfter = loadavg()
-	// Where berth's time goes: its second build, which adds /app/REVISION
-	// and the label, made by hand on each round's image.
-	for i, round := range res.rounds {
-		d, err := b.revisionBuild(ctx, round.berthOut)
-		if err != nil {
-			return res, fmt.Errorf("the revision build of round %d by hand: %w", i+1, err)
-		}
-		res.revision = append(res.revision, d)
-	}
-	logf("build: berth's revision build by hand (docker build of its context): %s", each(res.revision, secs))
 	return res, nil
-}
-
-// revisionBuild times docker build of the context of berth's second build
-// (internal/build.RevisionContext: FROM the image of the Dockerfile, COPY
-// REVISION, the revision label) on the first image of a berth build's
-// log, with a revision of its own (so that its COPY misses the cache, as
-// berth's does).
-func (b *bench) revisionBuild(ctx context.Context, out stamped) (time.Duration, error) {
-	var first string
-	for _, l := range out.lines {
-		if m := successfully.FindStringSubmatch(l.text); m != nil {
-			first = m[1]
-			break
-		}
-	}
-	if first == "" {
-		return 0, fmt.Errorf("no 'Successfully built' line in berth build's output")
-	}
-	id, err := dockerCLI(ctx, "image", "inspect", "--format", "{{.Id}}", first)
-	if err != nil {
-		return 0, err
-	}
-	rev := make([]byte, 20)
-	rand.Read(rev)
-	revision := hex.EncodeToString(rev)
-	tarball, err := build.RevisionContext(id, revision)
-	if err != nil {
-		return 0, err
-	}
-	args := []string{"build", "-q"}
-	for k, v := range build.RevisionLabels(revision) {
-		args = append(args, "--label", k+"="+v)
-	}
-	cmd := exec.CommandContext(ctx, "docker", append(args, "-")...)
-	cmd.Env = append(os.Environ(), "DOCKER_BUILDKIT=0")
-	cmd.Stdin = bytes.NewReader(tarball)
-	t0 := time.Now()
-	o, err := cmd.CombinedOutput()
-	d := time.Since(t0)
-	b.madeImage(lastLine(string(o)))
-	if err != nil {
-		return d, fmt.Errorf("docker build - (the revision context): %v: %s", err, strings.TrimSpace(string(o)))
-	}
-	return d, nil
 }
 
 // berthBuild runs `berth build APP DIR` of the repository's HEAD.

@@ -105,7 +105,6 @@ func runBuild(cmd *cobra.Command, g *globals, f buildFlags, app, dir string) err
 	if err != nil {
 		return err
 	}
-	defer os.Remove(tarball.Name())
 	defer tarball.Close()
 	cl, err := g.client()
 	if err != nil {
@@ -167,18 +166,20 @@ func makeContext(ctx context.Context, dir string, dirty bool, req *client.BuildR
 }
 
 // writeContext writes a context of what to a temporary file, rewound.
+// The file is unlinked at once: it is gone with its last close, also when
+// the process is killed.
 func writeContext(what string, errOut io.Writer, write func(io.Writer) (build.Info, error)) (*os.File, error) {
 	f, err := os.CreateTemp("", "berth-build-*.tar")
 	if err != nil {
 		return nil, err
 	}
+	os.Remove(f.Name())
 	info, err := write(f)
 	if err == nil {
 		_, err = f.Seek(0, io.SeekStart)
 	}
 	if err != nil {
 		f.Close()
-		os.Remove(f.Name())
 		if errors.Is(err, build.ErrNoDockerfile) {
 			return nil, fmt.Errorf("%s has no Dockerfile (berth build needs one at the top of DIR)", what)
 		}

@@ -3,11 +3,13 @@ package main
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -24,9 +26,10 @@ import (
 // its address, the app and the pusher's token in the environment.
 
 const (
-	hookAppEnv  = "BERTH_GIT_APP"
-	zeroCommit  = "0000000000000000000000000000000000000000"
-	noDeployOpt = "deploy=false"
+	hookAppEnv       = "BERTH_GIT_APP"
+	hookServerPIDEnv = "BERTH_SERVER_PID"
+	zeroCommit       = "0000000000000000000000000000000000000000"
+	noDeployOpt      = "deploy=false"
 )
 
 func gitHookCmd(g *globals) *cobra.Command {
@@ -40,9 +43,51 @@ func gitHookCmd(g *globals) *cobra.Command {
 			if app == "" {
 				return fmt.Errorf("%s is not set: this command is run by git on berth's server", hookAppEnv)
 			}
-			return runGitHook(cmd.Context(), g, app, cmd.InOrStdin(), cmd.OutOrStdout(), cmd.ErrOrStderr())
+			ctx, cancel := context.WithTimeoutCause(cmd.Context(), hookDeadline, errHookDeadline)
+			defer cancel()
+			if pid, err := strconv.Atoi(os.Getenv(hookServerPIDEnv)); err == nil {
+				ctx = watchServer(ctx, pid)
+			}
+			err := runGitHook(ctx, g, app, cmd.InOrStdin(), cmd.OutOrStdout(), cmd.ErrOrStderr())
+			if cause := context.Cause(ctx); err != nil && cause != nil {
+				err = fmt.Errorf("%w (%v)", err, cause)
+			}
+			return err
 		},
 	}
+}
+
+// hookDeadline bounds a hook: a build's default timeout (1h) and the
+// rollout it follows (5m), with room to spare.
+const hookDeadline = time.Hour + 15*time.Minute
+
+var (
+	errHookDeadline = errors.New("the push took longer than berth's hook waits")
+	errServerGone   = errors.New("berth's server, which ran this hook, is gone")
+)
+
+// watchServer ends ctx when the server process that runs the hook is
+// gone. The server kills the hook's process group when the push's request
+// ends, but a server killed with -9 kills nothing: its hook would poll
+// for a push nobody waits on.
+func watchServer(ctx context.Context, pid int) context.Context {
+	ctx, cancel := context.WithCancelCause(ctx)
+	go func() {
+		tick := time.NewTicker(time.Second)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
+			if err := syscall.Kill(pid, 0); errors.Is(err, syscall.ESRCH) {
+				cancel(errServerGone)
+				return
+			}
+		}
+	}()
+	return ctx
 }
 
 // refUpdate is a line of the hook's input: <old> <new> <ref>.
@@ -81,7 +126,6 @@ func runGitHook(ctx context.Context, g *globals, app string, in io.Reader, out, 
 	if err != nil {
 		return err
 	}
-	defer os.Remove(tarball.Name())
 	defer tarball.Close()
 	cl, err := g.client()
 	if err != nil {

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -425,11 +426,19 @@ func gitServer(dataDir, addr string, api *apiserver.Server, maxPush int64, log *
 			loopback = net.JoinHostPort("127.0.0.1", port)
 		}
 	}
+	// The hook's temporary files (a push's build context) stay under the
+	// data dir, and it watches the server's pid (see runGitHook).
+	tmp := filepath.Join(dataDir, "git", "tmp")
+	if err := os.MkdirAll(tmp, 0o700); err != nil {
+		log.Warn("git push: temporary directory", "dir", tmp, "err", err)
+		tmp = os.TempDir()
+	}
+	env := []string{"BERTH_ADDR=" + loopback, "TMPDIR=" + tmp, fmt.Sprintf("%s=%d", hookServerPIDEnv, os.Getpid())}
 	return &gitserve.Server{
 		Root: filepath.Join(dataDir, "git"), Authorize: api.TokenRole, MaxPush: maxPush, Log: log,
 		Hook: []string{self, "git-hook"},
 		HookEnv: func(app, token string) []string {
-			return []string{"BERTH_ADDR=" + loopback, "BERTH_TOKEN=" + token, hookAppEnv + "=" + app}
+			return append(slices.Clone(env), "BERTH_TOKEN="+token, hookAppEnv+"="+app)
 		},
 	}
 }

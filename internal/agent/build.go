@@ -18,9 +18,9 @@ import (
 
 // A build attempt runs no container of berth's: the engine's builder
 // runs the steps. The agent streams the context from the server into the
-// engine's build, builds the revision on top (build.RevisionContext),
-// saves the image and uploads it to the server, which pushes it into its
-// registry. The log is the engine's output with berth's own lines.
+// engine's build, saves the image and uploads it to the server, which
+// pushes it into its registry with the revision added on top (a layer
+// holding /app/REVISION, and the label: imagecopy.Addition). The log is the engine's output with berth's own lines.
 
 // buildAPI is the part of the API a build uses; *client.Client has it.
 type buildAPI interface {
@@ -111,7 +111,7 @@ func (r *taskRunner) sendEnd(ctx context.Context, rep api.TaskReport) bool {
 	return true
 }
 
-// build builds, adds the revision, and uploads the image.
+// build builds and uploads the image.
 func (r *taskRunner) build(ctx context.Context, t api.Task, a api.Attempt, log io.Writer) (api.BuildImageResult, error) {
 	b := t.Spec.Build
 	bapi, ok := r.api.(buildAPI)
@@ -131,18 +131,9 @@ func (r *taskRunner) build(ctx context.Context, t api.Task, a api.Attempt, log i
 	if err != nil {
 		return api.BuildImageResult{}, err
 	}
-	fmt.Fprintf(log, "berth: adding %s and the label %s=%s\n", api.RevisionFile, api.RevisionLabel, b.Revision)
-	revCtx, err := build.RevisionContext(id, b.Revision)
-	if err != nil {
-		return api.BuildImageResult{}, err
-	}
-	opts.Labels = build.RevisionLabels(b.Revision)
-	final, err := builder.Build(ctx, bytes.NewReader(revCtx), opts, log)
-	if err != nil {
-		return api.BuildImageResult{}, fmt.Errorf("add the revision: %w", err)
-	}
-	fmt.Fprintf(log, "berth: pushing %s into berth's registry\n", t.Spec.Image)
-	save, err := builder.SaveImage(ctx, final)
+	fmt.Fprintf(log, "berth: pushing %s into berth's registry, which adds %s and the label %s=%s\n",
+		t.Spec.Image, api.RevisionFile, api.RevisionLabel, b.Revision)
+	save, err := builder.SaveImage(ctx, id)
 	if err != nil {
 		return api.BuildImageResult{}, err
 	}

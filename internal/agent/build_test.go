@@ -162,7 +162,7 @@ func TestBuildPushesAndDeploys(t *testing.T) {
 	}
 	log := c.taskLog(b.ID, 1)
 	for _, want := range []string{"berth: building web:" + sha, "Step 1/2 : FROM scratch", "Step 2/2 : COPY a /a",
-		"berth: adding /app/REVISION", "berth: pushed web:" + sha + ", digest " + digest, "berth: deployed web:" + sha + " as revision 2"} {
+		"which adds /app/REVISION and the label org.opencontainers.image.revision=" + sha, "berth: pushed web:" + sha + ", digest " + digest, "berth: deployed web:" + sha + " as revision 2"} {
 		if !strings.Contains(log, want) {
 			t.Errorf("the build log lacks %q:\n%s", want, log)
 		}

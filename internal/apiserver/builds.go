@@ -423,7 +423,8 @@ func (s *Server) buildContext(w http.ResponseWriter, r *http.Request) {
 
 // PUT /v1/builds/{id}/image?attempt=N: the agent that ran attempt N sends
 // the image it built (`docker save`); the server pushes it into its
-// registry as <app>:<tag> with its own token, records the digest and, for
+// registry as <app>:<tag> with its own token, the revision added on top
+// (build.RevisionAddition), records the digest and, for
 // a build that deploys, deploys the app with it.
 func (s *Server) putBuildImage(w http.ResponseWriter, r *http.Request) {
 	t, ok := s.getBuildOr404(w, r)
@@ -438,7 +439,7 @@ func (s *Server) putBuildImage(w http.ResponseWriter, r *http.Request) {
 	b := t.Spec.Build
 	n := t.Current().N
 	target := imagecopy.Target{Base: "http://berth-registry", Token: s.Token, Client: imagecopy.HandlerClient(reg)}
-	res, err := imagecopy.Push(r.Context(), r.Body, target, b.App, b.Tag)
+	res, err := imagecopy.PushWith(r.Context(), r.Body, target, b.App, b.Tag, imagecopy.Options{Add: build.RevisionAddition(b.Revision)})
 	if err != nil {
 		s.Log.Warn("push built image", "build", t.ID, "image", t.Spec.Image, "err", err)
 		writeError(w, http.StatusBadRequest, "", "push %s into berth's registry: %v", t.Spec.Image, err)

@@ -14,8 +14,8 @@ import (
 	"testing"
 
 	"berth/api"
-	"berth/internal/build"
 	"berth/internal/client"
+	"berth/internal/imagecopy"
 	"berth/internal/registry"
 	"berth/internal/runtime"
 	"berth/internal/runtime/fake"
@@ -222,7 +222,7 @@ func TestBuildSubmitContextImageDeploy(t *testing.T) {
 	}
 
 	// The agent builds (here: the fake engine) and uploads the image.
-	save := fakeImage(t, tarball, sha1)
+	save := fakeImage(t, tarball)
 	code, ae = call(t, "PUT", e.url+"/v1/builds/"+b.ID+"/image?attempt=1", "secret", "application/x-tar", string(save))
 	want(t, "a user uploads the image", code, ae, 403, "needs an agent token")
 	res, err := agentCl.PutBuildImage(ctx, b.ID, 1, io.NopCloser(bytes.NewReader(save)))
@@ -232,6 +232,19 @@ func TestBuildSubmitContextImageDeploy(t *testing.T) {
 	digest, err := e.reg.Resolve(ctx, "web", sha1)
 	if err != nil || res.Digest != digest || res.AppRevision != 2 || res.DeployError != "" {
 		t.Fatalf("upload answered %+v; registry has web:%s at %s (%v)", res, sha1, digest, err)
+	}
+	// The server added the revision on top: a layer more, and the label.
+	var man struct {
+		Config struct{ Digest string }
+		Layers []struct{ Digest string }
+	}
+	var cfg struct {
+		Config struct{ Labels map[string]string }
+	}
+	json.Unmarshal(regGet(t, e.reg, "/v2/web/manifests/"+sha1), &man)
+	json.Unmarshal(regGet(t, e.reg, "/v2/web/blobs/"+man.Config.Digest), &cfg)
+	if got := cfg.Config.Labels[api.RevisionLabel]; got != sha1 || len(man.Layers) < 2 {
+		t.Fatalf("pushed image: label %q, %d layers; want the revision %s and its layer on top", got, len(man.Layers), sha1)
 	}
 	app, err := store.Apps.Get(ctx, e.st, "web")
 	if err != nil || app.Spec.Image != "web:"+sha1 || app.ImageDigest != digest || app.Revision != 2 || app.TemplateRevision != 2 || app.Spec.Port != 8080 {
@@ -271,8 +284,8 @@ func TestBuildSubmitContextImageDeploy(t *testing.T) {
 }
 
 // fakeImage is what the agent uploads for a context: the fake engine's
-// build of it with the revision added, saved.
-func fakeImage(t *testing.T, tarball []byte, revision string) []byte {
+// build of it, saved.
+func fakeImage(t *testing.T, tarball []byte) []byte {
 	t.Helper()
 	ctx := context.Background()
 	rt := fake.New()
@@ -280,19 +293,29 @@ func fakeImage(t *testing.T, tarball []byte, revision string) []byte {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rev, err := build.RevisionContext(id, revision)
-	if err != nil {
-		t.Fatal(err)
-	}
-	final, err := rt.Build(ctx, bytes.NewReader(rev), runtime.BuildOptions{Labels: build.RevisionLabels(revision)}, io.Discard)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rc, err := rt.SaveImage(ctx, final)
+	rc, err := rt.SaveImage(ctx, id)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer rc.Close()
 	b, _ := io.ReadAll(rc)
+	return b
+}
+
+// regGet fetches a path of berth's registry.
+func regGet(t *testing.T, reg http.Handler, path string) []byte {
+	t.Helper()
+	req, _ := http.NewRequest("GET", "http://registry"+path, nil)
+	req.Header.Set("Authorization", "Bearer secret")
+	req.Header.Set("Accept", imagecopy.ManifestType)
+	resp, err := imagecopy.HandlerClient(reg).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 {
+		t.Fatalf("GET %s: %d %s", path, resp.StatusCode, b)
+	}
 	return b
 }

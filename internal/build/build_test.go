@@ -154,7 +154,7 @@ func TestFilterTarTakesTheSubdirectory(t *testing.T) {
 	}
 }
 
-func TestNamingAndRevisionContext(t *testing.T) {
+func TestNamingAndRevisionAddition(t *testing.T) {
 	sha := strings.Repeat("ab", 20)
 	for _, c := range []struct {
 		commit string
@@ -165,16 +165,9 @@ func TestNamingAndRevisionContext(t *testing.T) {
 			t.Errorf("Naming(%q, %v): %q %q; want %q", c.commit, c.dirty, tag, rev, c.want)
 		}
 	}
-	data, err := RevisionContext("sha256:"+strings.Repeat("c", 64), sha)
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, bodies := entries(t, data)
-	if bodies["REVISION"] != sha || bodies["Dockerfile"] != "FROM sha256:"+strings.Repeat("c", 64)+"\nCOPY REVISION /app/REVISION\n" {
-		t.Fatalf("revision context: %q", bodies)
-	}
-	if RevisionLabels(sha)["org.opencontainers.image.revision"] != sha {
-		t.Fatal("revision label missing")
+	add := RevisionAddition(sha)
+	if add.Files["/app/REVISION"] != sha || add.Labels["org.opencontainers.image.revision"] != sha {
+		t.Fatalf("revision addition: %+v", add)
 	}
 }
 

@@ -1,7 +1,7 @@
 // Package build is the pure part of berth's image builds: the build
 // context as a tar (a directory honouring .dockerignore, or a git commit's
-// tree), the tag and revision of a build, and the small second build that
-// writes the revision into the image.
+// tree), the tag and revision of a build, and what the server adds on top
+// of the built image to hold the revision.
 package build
 
 import (

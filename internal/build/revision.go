@@ -1,12 +1,8 @@
 package build
 
 import (
-	"archive/tar"
-	"bytes"
-	"fmt"
-	"strings"
-
 	"berth/api"
+	"berth/internal/imagecopy"
 )
 
 // Naming says what a build is tagged with and which revision it records.
@@ -31,40 +27,14 @@ func Naming(commit string, dirty bool, contextHash string) (tag, revision string
 	return tag, tag
 }
 
-// RevisionDockerfile is the second build's Dockerfile: the user's image
-// (by id) with the revision file added. The label comes with the build's
-// labels (RevisionLabels), so that nothing the user wrote can change it.
-func RevisionDockerfile(base string) string {
-	return fmt.Sprintf("FROM %s\nCOPY REVISION %s\n", base, api.RevisionFile)
-}
-
-// RevisionLabels are the labels of the second build.
-func RevisionLabels(revision string) map[string]string {
-	return map[string]string{api.RevisionLabel: revision}
-}
-
-// RevisionContext is the context of the second build: its Dockerfile and
-// the REVISION file, which holds the revision (no newline at its end).
-func RevisionContext(base, revision string) ([]byte, error) {
-	if strings.ContainsAny(base, " \n\t") || base == "" {
-		return nil, fmt.Errorf("revision build: %q is not an image id", base)
+// RevisionAddition is what the server adds on top of a built image as it
+// pushes it: /app/REVISION holding the revision (no newline at its end)
+// and the org.opencontainers.image.revision label, so that the user's
+// Dockerfile need not cooperate and nothing in it can change them.
+func RevisionAddition(revision string) *imagecopy.Addition {
+	return &imagecopy.Addition{
+		Files:     map[string]string{api.RevisionFile: revision},
+		Labels:    map[string]string{api.RevisionLabel: revision},
+		CreatedBy: "berth build: revision " + revision,
 	}
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	for _, f := range []struct{ name, body string }{
-		{Dockerfile, RevisionDockerfile(base)},
-		{"REVISION", revision},
-	} {
-		hdr := &tar.Header{Name: f.name, Mode: 0o644, Size: int64(len(f.body)), ModTime: mtime, Typeflag: tar.TypeReg}
-		if err := tw.WriteHeader(hdr); err != nil {
-			return nil, err
-		}
-		if _, err := tw.Write([]byte(f.body)); err != nil {
-			return nil, err
-		}
-	}
-	if err := tw.Close(); err != nil {
-		return nil, err
-	}
-	return buf.Bytes(), nil
 }

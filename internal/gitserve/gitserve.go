@@ -12,7 +12,6 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
-	"net/http/cgi"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -98,16 +97,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		defer spooled.Close()
 	}
-	h := &cgi.Handler{
-		Path: gitPath(),
-		Args: []string{"http-backend"},
-		Root: strings.TrimSuffix(Prefix, "/"),
-		Dir:  dir,
-		Env:  append(s.backendEnv(), s.HookEnv(app, token)...),
-		// git's own messages go to the pusher; keep a copy in the log.
-		Stderr: logWriter{s.Log.With("app", app)},
-	}
-	h.ServeHTTP(flushWriter{w}, r)
+	s.backend(w, r, dir, append(s.backendEnv(), s.HookEnv(app, token)...))
 }
 
 // spool writes a chunked body (git sends packs over 1 MiB so) to a file

@@ -100,6 +100,8 @@ type Options struct {
 	// registry has it): faster, and still nothing is sent that the
 	// registry had.
 	Layers []string
+	// Add is added on top of the saved image (nil: nothing).
+	Add *Addition
 }
 
 // PushWith is Push with options.

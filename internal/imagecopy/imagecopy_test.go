@@ -369,3 +369,73 @@ func TestPushStreamsNewLayers(t *testing.T) {
 		t.Fatalf("uploaded %d blobs; want 2 (the new layer, the config)", res.Uploaded)
 	}
 }
+
+// An addition is one more layer holding its files, and labels in the
+// config; the rest of the config is kept, and the same addition on the
+// same image gives the same digest.
+func TestPushWithAddition(t *testing.T) {
+	tg := newRegistry(t)
+	img := newImage(5, 4000, 100)
+	var cfg map[string]any
+	json.Unmarshal(img.config, &cfg)
+	cfg["config"].(map[string]any)["Labels"] = map[string]string{"keep": "me", "org.opencontainers.image.revision": "user's"}
+	cfg["history"] = []map[string]any{{"created_by": "COPY a"}, {"created_by": "COPY b"}}
+	img.config, _ = json.Marshal(cfg)
+	add := &Addition{Files: map[string]string{"/app/REVISION": "abc123"}, Labels: map[string]string{"org.opencontainers.image.revision": "abc123"}, CreatedBy: "berth: revision abc123"}
+	res, err := PushWith(context.Background(), bytes.NewReader(img.save()), tg, "my/app", "abc123", Options{Add: add})
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := get(t, tg, "/v2/my/app/manifests/abc123", ManifestType)
+	var doc manifestDoc
+	json.Unmarshal(body, &doc)
+	if len(doc.Layers) != 3 || res.Layers != 3 {
+		t.Fatalf("manifest has %d layers (result %d), want the image's 2 and the addition: %s", len(doc.Layers), res.Layers, body)
+	}
+	layer, _ := get(t, tg, "/v2/my/app/blobs/"+doc.Layers[2].Digest, "")
+	tr := tar.NewReader(bytes.NewReader(layer))
+	hdr, err := tr.Next()
+	if err != nil || hdr.Name != "app/REVISION" || hdr.Mode != 0o644 {
+		t.Fatalf("added layer: first entry %+v, err %v; want app/REVISION", hdr, err)
+	}
+	if b, _ := io.ReadAll(tr); string(b) != "abc123" {
+		t.Fatalf("app/REVISION holds %q", b)
+	}
+	if _, err := tr.Next(); err != io.EOF {
+		t.Fatalf("added layer: more than one entry (%v)", err)
+	}
+	raw, _ := get(t, tg, "/v2/my/app/blobs/"+doc.Config.Digest, "")
+	var got struct {
+		Architecture string
+		Config       struct {
+			Cmd    []string
+			Labels map[string]string
+		}
+		RootFS struct {
+			DiffIDs []string `json:"diff_ids"`
+		} `json:"rootfs"`
+		History []struct {
+			CreatedBy string `json:"created_by"`
+		}
+	}
+	if err := json.Unmarshal(raw, &got); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{sha256Hex(img.layers[0]), sha256Hex(img.layers[1]), sha256Hex(layer)}
+	if fmt.Sprint(got.RootFS.DiffIDs) != fmt.Sprint(want) {
+		t.Errorf("diff_ids %v, want %v", got.RootFS.DiffIDs, want)
+	}
+	if got.Config.Labels["keep"] != "me" || got.Config.Labels["org.opencontainers.image.revision"] != "abc123" {
+		t.Errorf("labels %v: want the image's kept and the revision's set", got.Config.Labels)
+	}
+	if got.Architecture != "amd64" || len(got.Config.Cmd) != 1 || len(got.History) != 3 || got.History[2].CreatedBy != "berth: revision abc123" {
+		t.Errorf("config not kept or history not extended: %s", raw)
+	}
+	again, err := PushWith(context.Background(), bytes.NewReader(img.save()), tg, "my/app", "again", Options{Add: add})
+	if err != nil || again.Digest != res.Digest || again.Uploaded != 0 {
+		t.Fatalf("the same push again: %+v, %v; want digest %s and nothing uploaded", again, err, res.Digest)
+	}
+	if _, err := PushWith(context.Background(), bytes.NewReader(img.save()), tg, "my/app", "bad", Options{Add: &Addition{Files: map[string]string{"../x": ""}}}); err == nil {
+		t.Fatal("an added file outside the image: pushed")
+	}
+}

@@ -131,6 +131,18 @@ func (p *pusher) finish(ctx context.Context, manifestJSON []byte, files map[stri
 		}
 		layers[i] = p.start(ctx, f)
 	}
+	if add := p.opts.Add; add != nil {
+		f, err := add.layer()
+		if err != nil {
+			return Result{}, err
+		}
+		f.asLayer(p.gzip)
+		if rawConfig, err = add.config(rawConfig, f.diffID); err != nil {
+			return Result{}, err
+		}
+		layers = append(layers, p.start(ctx, f))
+		sm.Layers = append(sm.Layers, f.name)
+	}
 	config := p.start(ctx, cf.asConfig(rawConfig))
 	doc := manifestDoc{SchemaVersion: 2, MediaType: ManifestType,
 		Config: descriptor{MediaType: ConfigType, Size: config.f.size, Digest: config.f.digest}}
