@@ -25,6 +25,8 @@ type Update struct {
 	// AutoRevert: a failed rollout goes back to the last revision that
 	// rolled out.
 	AutoRevert *bool `json:"auto_revert,omitempty"`
+	// Canary: every deploy that changes the template starts as a canary.
+	Canary *Canary `json:"canary,omitempty"`
 }
 
 // Defaults and limits of updates and history.
@@ -92,6 +94,11 @@ func (s *AppSpec) validateRollout() error {
 			return err
 		}
 	}
+	if c := s.CanaryOf(); c != nil {
+		if err := c.validate(s.ReplicaCount()); err != nil {
+			return err
+		}
+	}
 	if h := s.HistoryLimit; h != nil && (*h < 1 || *h > MaxHistoryLimit) {
 		return fieldErr("history_limit", "%d is not between 1 and %d", *h, MaxHistoryLimit)
 	}
@@ -107,6 +114,7 @@ const (
 	OutcomeRolledBack = "rolled back" // a user rolled the app back from it
 	OutcomeSuperseded = "superseded"  // a newer revision came before it rolled out
 	OutcomeScaled     = "scaled"      // a change of replicas or routing only: nothing rolled
+	OutcomeAborted    = "aborted"     // its canary was aborted by a user
 )
 
 // Revision is one accepted change of an app, kept in its history.

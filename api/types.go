@@ -79,6 +79,11 @@ type App struct {
 	Idled   bool      `json:"idled,omitempty"`
 	IdledAt time.Time `json:"idled_at,omitempty"`
 	WokenAt time.Time `json:"woken_at,omitempty"`
+	// Canary: a canary of the current template is under way.
+	Canary *CanaryState `json:"canary,omitempty"`
+	// Paused: the rollout (canary clock, rolling update) is held by
+	// `berth rollout pause`.
+	Paused  bool      `json:"paused,omitempty"`
 	Created time.Time `json:"created"`
 	Updated time.Time `json:"updated"`
 	// Version is the store revision of this record, for compare-and-swap.

@@ -172,7 +172,7 @@ func run(bin string, runs int, outPath string, keep bool) error {
 			leaderc <- result{l, time.Since(killed), err}
 		}()
 		spec := fmt.Sprintf("name: %s\nimage: berth/demo:1\nreplicas: 1\nresources: {cpu: 10m, memory: 8Mi}\n", app)
-		if _, err := cl.DeployYAML(ctx, app, []byte(spec), false); err != nil {
+		if _, err := cl.DeployYAML(ctx, app, []byte(spec), client.DeployOptions{}); err != nil {
 			return fmt.Errorf("run %d: deploy: %w", i, err)
 		}
 		acting, err := waitInstances(ctx, cl, app, killed, 30*time.Second)

@@ -74,7 +74,7 @@ resources: {cpu: 100m, memory: 32Mi}
 health: {http: /healthz, interval: 500ms, timeout: 500ms, retries: 2, start_period: 5s}
 stop_grace: 2s
 `
-	if _, err := cl.DeployYAML(ctx, app, []byte(spec), false); err != nil {
+	if _, err := cl.DeployYAML(ctx, app, []byte(spec), client.DeployOptions{}); err != nil {
 		return nil, "", fmt.Errorf("deploy: %w", err)
 	}
 	if _, err := waitApp(ctx, cl, app, 3, "", 120*time.Second); err != nil {

@@ -18,6 +18,7 @@ import (
 func deployCmd(g *globals) *cobra.Command {
 	var file string
 	var detach, force bool
+	var canary string
 	var timeout, deadline time.Duration
 	cmd := &cobra.Command{
 		Use:   "deploy -f app.yaml",
@@ -36,8 +37,14 @@ healthy instance within the app's update.progress_deadline (default 5m).
 Then the server reverts the app to its last revision that rolled out, as a
 new revision (update.auto_revert, default on), and marks the failed one
 bad: deploying that spec again needs --force. 'berth history' shows every
-revision and its outcome; 'berth rollback' goes back by hand.`,
-		Example: "  berth deploy -f examples/hello.yaml\n  berth deploy -f app.yaml --detach",
+revision and its outcome; 'berth rollback' goes back by hand.
+
+With --canary (or update.canary in the spec) a change of the template
+starts as a canary: a few instances of it beside the stable ones, given a
+share of the gateway's traffic. deploy then follows until the canaries are
+healthy and says when they will be promoted; 'berth rollout' shows and
+steers the rest.`,
+		Example: "  berth deploy -f examples/hello.yaml\n  berth deploy -f app.yaml --detach\n  berth deploy -f app.yaml --canary 10%",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if file == "" {
@@ -74,7 +81,7 @@ revision and its outcome; 'berth rollback' goes back by hand.`,
 			if err != nil && !client.IsStatus(err, 404) {
 				return fmt.Errorf("deploy %s: %w", spec.Name, err)
 			}
-			app, err := cl.DeployYAML(ctx, spec.Name, data, force)
+			app, err := cl.DeployYAML(ctx, spec.Name, data, client.DeployOptions{Force: force, Canary: canary})
 			if err != nil {
 				return fmt.Errorf("deploy %s: %w", spec.Name, err)
 			}
@@ -84,8 +91,14 @@ revision and its outcome; 'berth rollback' goes back by hand.`,
 				fmt.Fprintf(cmd.OutOrStdout(), "%s: revision %d accepted (%s, %s)\n", spec.Name, app.Revision, app.Spec.Image,
 					replicasLine(before, app, spec.Replicas != nil))
 			}
+			if app.Canary != nil {
+				fmt.Fprintln(cmd.OutOrStdout(), canaryLine(app))
+			}
 			if detach {
 				return nil
+			}
+			if app.Canary != nil {
+				return followCanary(ctx, cl, cmd.OutOrStdout(), app, timeout)
 			}
 			return follow(ctx, cl, cmd.OutOrStdout(), spec.Name, since, false, timeout, deadline)
 		},
@@ -93,6 +106,7 @@ revision and its outcome; 'berth rollback' goes back by hand.`,
 	cmd.Flags().StringVarP(&file, "file", "f", "", "app spec file (YAML or JSON; - for stdin)")
 	cmd.Flags().BoolVarP(&detach, "detach", "d", false, "return once the spec is accepted")
 	cmd.Flags().BoolVar(&force, "force", false, "roll out a spec whose template a revert marked bad")
+	cmd.Flags().StringVar(&canary, "canary", "", "start as a canary: a share of the traffic (10%) or a number of instances (2); see 'berth rollout --help'")
 	cmd.Flags().DurationVar(&timeout, "timeout", 10*time.Minute, "give up following after this long")
 	progressDeadlineFlag(cmd, &deadline)
 	return cmd

@@ -62,6 +62,7 @@ each Docker host (see docs/operations.md).`,
 	)
 	root.AddCommand(buildCmds(g)...)
 	root.AddCommand(historyCmds(g)...)
+	root.AddCommand(rolloutCmd(g))
 	root.AddCommand(imageCmd(g), gitHookCmd(g))
 	if cmd, err := root.ExecuteC(); err != nil {
 		if ex := exitCode(0); errors.As(err, &ex) {

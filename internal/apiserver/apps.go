@@ -75,6 +75,10 @@ func (s *Server) putApp(w http.ResponseWriter, r *http.Request) {
 		writeFieldError(w, err)
 		return
 	}
+	canaryReq, ok := canaryQuery(w, r)
+	if !ok {
+		return
+	}
 	digest, ok := s.resolveImage(w, r, spec.Image)
 	if !ok {
 		return
@@ -85,6 +89,10 @@ func (s *Server) putApp(w http.ResponseWriter, r *http.Request) {
 	for {
 		old, err := store.Apps.Get(ctx, s.Store, name)
 		if errors.Is(err, store.ErrNotFound) {
+			if canaryReq != nil {
+				writeError(w, http.StatusBadRequest, "canary", "canary: app %s does not exist yet: its first revision has no stable revision to be a canary of", name)
+				return
+			}
 			app := api.App{Spec: spec, Revision: 1, TemplateRevision: 1, ImageDigest: digest, Created: now, Updated: now}
 			routeOps, ok := s.claimRoutes(w, r, name, nil, spec.Routes)
 			if !ok {
@@ -146,7 +154,20 @@ func (s *Server) putApp(w http.ResponseWriter, r *http.Request) {
 		// The same tag pushed again is another image: a rolling update.
 		if !api.SameTemplate(old.Spec, spec) || old.ImageDigest != digest {
 			app.TemplateRevision = app.Revision
+			app.Paused = false
 			msg = fmt.Sprintf("revision %d: %s, %s, rolling update", app.Revision, spec.Image, replicasChange(old.Spec.ReplicaCount(), spec.ReplicaCount(), named))
+			c, err := startCanary(old, app, canaryReq, now)
+			if err != nil {
+				writeFieldError(w, err)
+				return
+			}
+			if app.Canary = c; c != nil {
+				msg = fmt.Sprintf("revision %d: %s, canary: %s with %s of the traffic beside %s of revision %d",
+					app.Revision, spec.Image, api.Count(c.Instances, "instance"), c.Weight, api.Count(spec.ReplicaCount(), "replica"), c.Stable)
+			}
+		} else if canaryReq != nil {
+			writeError(w, http.StatusBadRequest, "canary", "canary: this deploy does not change what an instance runs (only replicas, routes or policies): there is nothing to try as a canary")
+			return
 		}
 		routeOps, ok := s.claimRoutes(w, r, name, old.Spec.Routes, spec.Routes)
 		if !ok {

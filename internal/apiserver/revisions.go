@@ -160,6 +160,7 @@ func (s *Server) rollbackApp(w http.ResponseWriter, r *http.Request) {
 		app.Revision++
 		app.Updated = time.Now().UTC()
 		app.TemplateRevision = api.TemplateAfterRollback(old, target, app.Revision)
+		app.Canary, app.Paused = nil, false // a canary in progress ends with the rollback
 		if reflect.DeepEqual(old.Spec, app.Spec) && old.ImageDigest == app.ImageDigest {
 			writeError(w, http.StatusConflict, "revision", "revision: %s runs the spec of revision %d already (revision %d is the same)", name, target.Revision, old.Revision)
 			return

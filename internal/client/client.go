@@ -238,11 +238,18 @@ func (c *Client) GetApp(ctx context.Context, name string) (api.App, error) {
 
 // DeployYAML sends an app spec as YAML (or JSON); the server validates it.
 // With force, a spec of a revision reverted as bad is rolled out anyway.
-func (c *Client) DeployYAML(ctx context.Context, name string, spec []byte, force bool) (api.App, error) {
+func (c *Client) DeployYAML(ctx context.Context, name string, spec []byte, o DeployOptions) (api.App, error) {
 	var a api.App
+	q := url.Values{}
+	if o.Force {
+		q.Set("force", "true")
+	}
+	if o.Canary != "" {
+		q.Set("canary", o.Canary)
+	}
 	path := "/v1/apps/" + url.PathEscape(name)
-	if force {
-		path += "?force=true"
+	if len(q) > 0 {
+		path += "?" + q.Encode()
 	}
 	resp, err := c.request(ctx, "PUT", path, bytes.NewReader(spec), "application/yaml")
 	if err != nil {

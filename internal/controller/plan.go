@@ -3,6 +3,7 @@ package controller
 import (
 	"fmt"
 	"sort"
+	"strings"
 	"time"
 
 	"berth/api"
@@ -36,6 +37,15 @@ type Plan struct {
 // update, one at a time. A nil nodes map says nothing: every node is
 // taken as ready.
 func PlanApp(app api.App, instances []api.Instance, nodes map[string]string, now time.Time) Plan {
+	if app.Canary != nil && !app.Deleting {
+		return planCanary(app, instances, nodes, now)
+	}
+	return planApp(app, instances, nodes, now, nil)
+}
+
+// planApp is PlanApp of one template; new instances take indexes not in
+// used (nil: those of instances), which it marks.
+func planApp(app api.App, instances []api.Instance, nodes map[string]string, now time.Time, used map[int]bool) Plan {
 	p := Plan{Retire: map[string]string{}, Lost: map[string]string{}}
 	var active []api.Instance
 	draining := map[string]bool{}
@@ -185,10 +195,15 @@ func PlanApp(app api.App, instances []api.Instance, nodes map[string]string, now
 		surge := max(r.parallel+r.unavailable-r.starting(cur), 0) + max(want-r.unavailable-healthy, 0)
 		missing = min(missing, room, surge)
 	}
+	if app.Paused && remainingOld > 0 {
+		missing = holdPaused(p, old, want, len(cur), remainingOld, missing)
+	}
 	if missing > 0 {
-		used := map[int]bool{}
-		for _, inst := range instances {
-			used[inst.Index] = true
+		if used == nil {
+			used = map[int]bool{}
+			for _, inst := range instances {
+				used[inst.Index] = true
+			}
 		}
 		next := 1
 		for range missing {
@@ -201,6 +216,20 @@ func PlanApp(app api.App, instances []api.Instance, nodes map[string]string, now
 	}
 	replaceSick(p, sick, now)
 	return p
+}
+
+// holdPaused keeps a paused rolling update where it is: no healthy old
+// instance is retired for a new one, and new ones are created only for
+// places left empty (a broken or lost instance). It returns how many to
+// create.
+func holdPaused(p Plan, old []api.Instance, want, cur, oldLeft, missing int) int {
+	for _, inst := range old {
+		if why, ok := p.Retire[inst.Name]; ok && isHealthy(inst) && strings.HasPrefix(why, "replaced by") {
+			delete(p.Retire, inst.Name)
+			oldLeft++
+		}
+	}
+	return min(missing, max(want-cur-oldLeft, 0))
 }
 
 // replaceSick gives the new instances the places of the sick ones (never

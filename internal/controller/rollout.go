@@ -84,7 +84,14 @@ func (c *Controller) trackRollout(ctx context.Context, app *api.App, a *appScan,
 			return err
 		}
 	}
+	if app.Canary != nil {
+		return c.judgeCanary(ctx, app, a, r, now)
+	}
 	if r.rev.Outcome != api.OutcomeRollingOut {
+		return nil
+	}
+	if app.Paused {
+		r.progressAt = now // the deadline counts while it runs only
 		return nil
 	}
 	want := app.Spec.ReplicaCount()

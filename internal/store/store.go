@@ -78,6 +78,8 @@ var (
 	Tokens    = Kind[api.Token]{"tokens/", func(t *api.Token) *int64 { return &t.Version }, "token"}
 	// Revisions are named api.RevisionKey(app, n): an app's history, in order.
 	Revisions = Kind[api.Revision]{"revisions/", func(r *api.Revision) *int64 { return &r.Version }, "revision"}
+	// Traffic is what each gateway counted, named by the gateway's id.
+	Traffic = Kind[api.GatewayTraffic]{"traffic/", func(t *api.GatewayTraffic) *int64 { return &t.Version }, "traffic report of gateway"}
 )
 
 // notFound is ErrNotFound for one record, worded for the people who

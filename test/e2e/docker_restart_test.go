@@ -170,16 +170,20 @@ func TestAgentSurvivesEngineRestart(t *testing.T) {
 				running++
 			}
 		}
-		return running == 2 && countRoutable(insts) == 2 && len(ids) == 2,
-			fmt.Sprintf("%d containers running; %s", len(ids), describe(insts))
-	})
-	t.Logf("instances healthy again %s after the engine went down", time.Since(down).Round(100*time.Millisecond))
-	for _, i := range insts {
-		code, body, err := curl(i.Status.Address, "/")
-		if err != nil || code != 200 || !strings.Contains(body, i.Name) {
-			t.Errorf("GET %s (%s): %d %q %v", i.Status.Address, i.Name, code, body, err)
+		if running != 2 || countRoutable(insts) != 2 || len(ids) != 2 {
+			return false, fmt.Sprintf("%d containers running; %s", len(ids), describe(insts))
 		}
-	}
+		// Each answers at the address its record gives: a container
+		// restarted by its engine may have a new host port, which the
+		// record must follow.
+		for _, i := range insts {
+			if code, body, err := curl(i.Status.Address, "/"); err != nil || code != 200 || !strings.Contains(body, i.Name) {
+				return false, fmt.Sprintf("GET %s (%s): %d %q %v", i.Status.Address, i.Name, code, body, err)
+			}
+		}
+		return true, ""
+	})
+	t.Logf("instances healthy and answering again %s after the engine went down", time.Since(down).Round(100*time.Millisecond))
 	if !agent.running() {
 		t.Fatal("the agent exited when its engine went away")
 	}

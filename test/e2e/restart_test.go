@@ -38,7 +38,8 @@ func TestRestartsLoseNothing(t *testing.T) {
 
 	downs := []time.Duration{0, 9 * time.Second, 2 * time.Second, 10 * time.Second, 5 * time.Second}
 	var slowest time.Duration
-	for round := 1; round <= 20; round++ {
+	// 15 rounds: every pause of downs with both signals (5 x 3 rounds).
+	for round := 1; round <= 15; round++ {
 		down := downs[round%len(downs)]
 		if round%2 == 1 {
 			time.Sleep(2500 * time.Millisecond) // lazy idles before this restart
