@@ -2,7 +2,8 @@
 //
 // Endpoints:
 //
-//	GET /          "hello from <hostname> (GREETING=<$GREETING>)", plus " version=<$DEMO_VERSION>" when set
+//	GET /          "hello from <hostname> (GREETING=<$GREETING>)", plus " version=<$DEMO_VERSION>" when set;
+//	               with the status $ROOT_STATUS when set (say 500: a bad release whose health check passes)
 //	GET /healthz   200 "ok", or 500 "sick" once /sick was called
 //	GET /sick      switches the process into sick mode (POST works too)
 //	GET /crash     answers, then exits with code 3 about 50ms later
@@ -37,6 +38,7 @@ type demo struct {
 	hostname string
 	greeting string
 	version  string
+	status   int // of GET / (ROOT_STATUS; 0: 200), for canaries that fail
 	sick     atomic.Bool
 	exit     func(code int) // os.Exit, replaced in tests
 }
@@ -47,6 +49,9 @@ func (d *demo) routes() http.Handler {
 		line := fmt.Sprintf("hello from %s (GREETING=%s)", d.hostname, d.greeting)
 		if d.version != "" {
 			line += " version=" + d.version
+		}
+		if d.status != 0 {
+			w.WriteHeader(d.status)
 		}
 		fmt.Fprintln(w, line)
 	})
@@ -156,6 +161,7 @@ func main() {
 		hostname: hostname,
 		greeting: os.Getenv("GREETING"),
 		version:  os.Getenv("DEMO_VERSION"),
+		status:   rootStatus(),
 		exit:     os.Exit,
 	}
 
@@ -194,4 +200,13 @@ func main() {
 		os.Exit(1)
 	}
 	fmt.Println("stopped")
+}
+
+// rootStatus is ROOT_STATUS as a status code, or 0.
+func rootStatus() int {
+	n, err := strconv.Atoi(os.Getenv("ROOT_STATUS"))
+	if err != nil || n < 100 || n > 599 {
+		return 0
+	}
+	return n
 }

@@ -71,20 +71,29 @@ func (u *upstream) succeeded() {
 // out of rotation are skipped unless no other is left; skip (the one that
 // just failed) never is returned.
 func (a *appState) pick(skip *upstream) *upstream {
+	if i := a.pickIndex(skip); i >= 0 {
+		return a.ups[i]
+	}
+	return nil
+}
+
+// pickIndex is pick returning the upstream's index in a.ups, or -1.
+func (a *appState) pickIndex(skip *upstream) int {
 	n := len(a.ups)
 	if n == 1 {
-		if u := a.ups[0]; u != skip {
-			return u
+		if a.ups[0] != skip {
+			return 0
 		}
-		return nil
+		return -1
 	}
 	if n == 0 {
-		return nil
+		return -1
 	}
 	i := int(a.rr.Add(1) % uint32(n))
-	var best, down *upstream
+	best, down := -1, -1
 	var bestLoad, downUntil, now int64
 	for range n {
+		j := i
 		u := a.ups[i]
 		if i++; i == n {
 			i = 0
@@ -97,17 +106,17 @@ func (a *appState) pick(skip *upstream) *upstream {
 				now = time.Now().UnixNano()
 			}
 			if d > now {
-				if down == nil || d < downUntil {
-					down, downUntil = u, d
+				if down < 0 || d < downUntil {
+					down, downUntil = j, d
 				}
 				continue
 			}
 		}
-		if l := u.inflight.Load(); best == nil || l < bestLoad {
-			best, bestLoad = u, l
+		if l := u.inflight.Load(); best < 0 || l < bestLoad {
+			best, bestLoad = j, l
 		}
 	}
-	if best == nil {
+	if best < 0 {
 		return down
 	}
 	return best

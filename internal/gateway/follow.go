@@ -26,10 +26,13 @@ type Follower struct {
 	// write per app per period, however many requests.
 	AccessEvery time.Duration
 
-	mu     sync.Mutex
-	apps   map[string]api.App
-	insts  map[string]api.Instance
-	access map[string]time.Time
+	mu      sync.Mutex
+	apps    map[string]api.App
+	insts   map[string]api.Instance
+	access  map[string]time.Time
+	id      string // in traffic reports (follow_traffic.go)
+	started time.Time
+	bases   map[string]*splitBase
 }
 
 // Wake implements Waker through the API.
@@ -89,6 +92,7 @@ func (f *Follower) rebuild() {
 // each routed app with the addresses of its routable instances.
 func BuildRoutes(apps map[string]api.App, insts map[string]api.Instance, localNode string) []AppRoutes {
 	upstreams := map[string][]string{}
+	byRev := map[string]map[int64][]string{}
 	for _, i := range insts {
 		if !i.Routable() {
 			continue
@@ -98,6 +102,10 @@ func BuildRoutes(apps map[string]api.App, insts map[string]api.Instance, localNo
 			addr = i.Status.ContainerAddress
 		}
 		upstreams[i.App] = append(upstreams[i.App], addr)
+		if byRev[i.App] == nil {
+			byRev[i.App] = map[int64][]string{}
+		}
+		byRev[i.App][i.Revision] = append(byRev[i.App][i.Revision], addr)
 	}
 	var out []AppRoutes
 	for _, a := range apps {
@@ -106,6 +114,14 @@ func BuildRoutes(apps map[string]api.App, insts map[string]api.Instance, localNo
 		}
 		r := AppRoutes{App: a.Spec.Name, Hosts: a.Spec.Routes, Upstreams: upstreams[a.Spec.Name], Idle: a.Idled}
 		sort.Strings(r.Upstreams)
+		for rev, ups := range byRev[a.Spec.Name] {
+			sort.Strings(ups)
+			r.Revisions = append(r.Revisions, RevisionRoutes{Revision: rev, Upstreams: ups})
+		}
+		sort.Slice(r.Revisions, func(i, j int) bool { return r.Revisions[i].Revision < r.Revisions[j].Revision })
+		if c := a.Canary; c != nil {
+			r.Split = &Split{Stable: c.Stable, Canary: a.TemplateRevision, Weight: int(c.Weight)}
+		}
 		if a.Spec.Idle != nil {
 			r.IdleEnabled = true
 			if a.Spec.Idle.WakeTimeout != nil {
@@ -124,7 +140,8 @@ func BuildRoutes(apps map[string]api.App, insts map[string]api.Instance, localNo
 	return out
 }
 
-// reportAccess sends the batched last-access times every AccessEvery.
+// reportAccess sends the batched last-access times every AccessEvery,
+// and the traffic of canaries.
 func (f *Follower) reportAccess(ctx context.Context) {
 	t := time.NewTicker(f.AccessEvery)
 	defer t.Stop()
@@ -134,6 +151,7 @@ func (f *Follower) reportAccess(ctx context.Context) {
 			return
 		case <-t.C:
 		}
+		f.reportTraffic(ctx)
 		f.mu.Lock()
 		batch := f.access
 		f.access = nil

@@ -19,6 +19,8 @@ type metrics struct {
 	wakes     *prometheus.CounterVec
 	wakeTime  *prometheus.HistogramVec
 	upstreams *prometheus.GaugeVec
+	revs      *revCollector // the registry's, shared by its proxies
+	revTable  *revTable     // this proxy's revision counters
 	handler   http.Handler
 
 	mu   sync.Mutex
@@ -61,7 +63,9 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "berth_gateway_upstreams",
 			Help: "Healthy instances the gateway routes to, by app.",
 		}, []string{"app"}),
-		apps: map[string]*appMetrics{},
+		revs:     newRevCollector(),
+		revTable: &revTable{},
+		apps:     map[string]*appMetrics{},
 	}
 	if reg == nil {
 		reg = prometheus.NewRegistry()
@@ -71,11 +75,15 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	m.wakes = register(reg, m.wakes)
 	m.wakeTime = register(reg, m.wakeTime)
 	m.upstreams = register(reg, m.upstreams)
+	m.revs = register(reg, m.revs)
+	m.revs.add(m.revTable)
 	g, ok := reg.(prometheus.Gatherer)
 	if !ok {
 		// Serve our own metrics at least.
 		r := prometheus.NewRegistry()
-		r.MustRegister(m.requests, m.latency, m.wakes, m.wakeTime, m.upstreams)
+		own := newRevCollector()
+		own.add(m.revTable)
+		r.MustRegister(m.requests, m.latency, m.wakes, m.wakeTime, m.upstreams, own)
 		g = r
 	}
 	m.handler = promhttp.HandlerFor(g, promhttp.HandlerOpts{})

@@ -96,6 +96,14 @@ type appState struct {
 	wakeTimeout time.Duration
 	timeout     time.Duration // 0: none
 	m           *appMetrics
+
+	// Revisions (see split.go). revs are the app's revisions, each with a
+	// view of the app restricted to its upstreams; revOf is parallel to ups
+	// (nil when the table gives no revisions); rev is set in a view only.
+	revs  []*revState
+	revOf []*revState
+	rev   *revState
+	split *splitState
 }
 
 // upstream is one instance address with its connection pool and passive
@@ -223,10 +231,10 @@ func (p *Proxy) SetTable(t *Table) {
 		case a.timeout < 0:
 			a.timeout = 0
 		}
-		for _, addr := range ar.Upstreams {
+		get := func(addr string) *upstream {
 			addr = strings.TrimSpace(addr)
 			if addr == "" {
-				continue
+				return nil
 			}
 			u := ups[addr]
 			if u == nil {
@@ -235,14 +243,12 @@ func (p *Proxy) SetTable(t *Table) {
 				}
 				ups[addr] = u
 			}
-			dup := false
-			for _, v := range a.ups {
-				dup = dup || v == u
-			}
-			if !dup {
-				a.ups = append(a.ups, u)
-			}
+			return u
 		}
+		for _, addr := range ar.Upstreams {
+			a.ups = addUpstream(a.ups, get(addr))
+		}
+		p.setRevisions(a, ar, get)
 		rt.apps[i] = a
 		if _, ok := rt.byName[a.name]; !ok {
 			rt.byName[a.name] = a
@@ -281,7 +287,7 @@ func (p *Proxy) handle(ctx *fasthttp.RequestCtx) {
 		}
 	}()
 	rt := p.rt.Load()
-	i := rt.table.index(ctx.Request.Header.Host())
+	i, direct := rt.table.route(ctx.Request.Header.Host())
 	if i < 0 {
 		p.notFound(ctx)
 		return
@@ -290,13 +296,36 @@ func (p *Proxy) handle(ctx *fasthttp.RequestCtx) {
 	if p.onAccess != nil {
 		p.onAccess(a.name)
 	}
+	if v := ctx.Request.Header.PeekCanonical(hXBerthRevision); len(v) > 0 {
+		n, ok := parseRevision(v)
+		if !ok {
+			plainError(ctx, fasthttp.StatusBadRequest, "gateway: X-Berth-Revision: want a revision number\n")
+			a.m.observe(fasthttp.StatusBadRequest, time.Since(ctx.Time()))
+			return
+		}
+		direct = n
+	}
+	start := ctx.Time()
 	if len(a.ups) == 0 {
 		if a = p.awaitUpstreams(ctx, a); a == nil {
 			return // answered
 		}
+		start = time.Now() // a revision's latency leaves out the wake
 	}
-	p.forward(ctx, a)
-	a.m.observe(ctx.Response.StatusCode(), time.Since(ctx.Time()))
+	p.serve(ctx, a, direct, start)
+}
+
+// addUpstream appends u to list unless it is nil or listed already.
+func addUpstream(list []*upstream, u *upstream) []*upstream {
+	if u == nil {
+		return list
+	}
+	for _, v := range list {
+		if v == u {
+			return list
+		}
+	}
+	return append(list, u)
 }
 
 func (p *Proxy) notFound(ctx *fasthttp.RequestCtx) {
@@ -321,6 +350,8 @@ var (
 	hXForwardedProto = []byte("X-Forwarded-Proto")
 	hXForwardedHost  = []byte("X-Forwarded-Host")
 	hXRequestID      = []byte("X-Request-Id")
+	hXBerthRevision  = []byte("X-Berth-Revision")
+	hSetCookie       = []byte("Set-Cookie")
 	hConnection      = []byte("Connection")
 	hUpgrade         = []byte("Upgrade")
 	vHTTP            = []byte("http")
@@ -331,26 +362,32 @@ var (
 
 // forward proxies the request to one of a's upstreams, and to a second one
 // when the first could not be connected to and the request can be sent
-// again (it has no body, or a body of at most maxReplayBody).
-func (p *Proxy) forward(ctx *fasthttp.RequestCtx, a *appState) {
+// again (it has no body, or a body of at most maxReplayBody). It returns
+// the revision of the upstream that answered (or last failed), when known.
+func (p *Proxy) forward(ctx *fasthttp.RequestCtx, a *appState) (rs *revState) {
+	rs = a.rev
 	req := &ctx.Request
 	ws, reqID := prepareRequest(ctx)
 	if ws {
 		p.proxyWebSocket(ctx, a)
-		return
+		return rs
 	}
 	replayable, err := replayableBody(req)
 	if err != nil {
 		plainError(ctx, fasthttp.StatusBadRequest, "gateway: reading the request body: "+err.Error()+"\n")
-		return
+		return rs
 	}
 	retrySafe := replayable && isIdempotent(req)
 	var tried *upstream
 	var lastErr error
 	for attempt := 0; attempt < 2; attempt++ {
-		u := a.pick(tried)
-		if u == nil {
+		i := a.pickIndex(tried)
+		if i < 0 {
 			break
+		}
+		u := a.ups[i]
+		if a.revOf != nil {
+			rs = a.revOf[i]
 		}
 		err = p.roundTrip(ctx, u, a.timeout, retrySafe)
 		if err == nil {
@@ -359,12 +396,15 @@ func (p *Proxy) forward(ctx *fasthttp.RequestCtx, a *appState) {
 			if len(ctx.Response.Header.PeekBytes(hXRequestID)) == 0 {
 				ctx.Response.Header.SetCanonical(hXRequestID, reqID)
 			}
-			return
+			return rs
 		}
 		lastErr, tried = err, u
 		var ce *connectError
 		if errors.As(err, &ce) {
 			u.connectFailed(ce.err)
+			if rs != nil {
+				rs.stats.connectFailed()
+			}
 		} else if !errors.Is(err, fasthttp.ErrNoFreeConns) {
 			break // sent, maybe in part: not sent again
 		}
@@ -388,6 +428,7 @@ func (p *Proxy) forward(ctx *fasthttp.RequestCtx, a *appState) {
 	if len(reqID) > 0 {
 		ctx.Response.Header.SetCanonical(hXRequestID, reqID)
 	}
+	return rs
 }
 
 func isIdempotent(req *fasthttp.Request) bool {
