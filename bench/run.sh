@@ -7,7 +7,8 @@
 # (bench/placement-results.txt; about 15 minutes), bench/images, the registry's
 # throughput and the herd of pulls (bench/images-results.txt), and bench/builds,
 # berth build and git push to serving against docker build/push/run
-# (bench/builds-results.txt). Extra arguments go to the first
+# (bench/builds-results.txt), and bench/gatewaysplit, the gateway's cost of
+# a canary split (bench/gatewaysplit-results.txt). Extra arguments go to the first
 # benchmark (e.g. -keep to keep berth's log and data dir, -v for every event).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,6 +33,7 @@ go build -o "$tmp/bench-placement" ./bench/placement
 go build -o "$tmp/bench-images" ./bench/images
 go build -o "$tmp/bench-rollout" ./bench/rollout
 go build -o "$tmp/bench-builds" ./bench/builds
+go build -o "$tmp/bench-gatewaysplit" ./bench/gatewaysplit
 
 start=$SECONDS
 "$tmp/bench" -berth "$tmp/berth" -out bench/results.txt "$@"
@@ -42,4 +44,5 @@ start=$SECONDS
 "$tmp/bench-images" -berth "$tmp/berth" -out bench/images-results.txt
 "$tmp/bench-rollout" -berth "$tmp/berth" -out bench/rollout-results.txt
 "$tmp/bench-builds" -berth "$tmp/berth" -out bench/builds-results.txt
+"$tmp/bench-gatewaysplit" -out bench/gatewaysplit-results.txt
 echo "bench: done in $((SECONDS - start))s"

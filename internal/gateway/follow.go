@@ -84,6 +84,8 @@ func (f *Follower) Run(ctx context.Context) {
 func (f *Follower) rebuild() {
 	f.mu.Lock()
 	t := NewTable(BuildRoutes(f.apps, f.insts, f.LocalNode))
+	// A new split's window starts before its first request.
+	f.noteSplits(time.Now().UTC())
 	f.mu.Unlock()
 	f.Proxy.SetTable(t)
 }

@@ -28,13 +28,9 @@ func gatewayID() string {
 	return "gw-" + hex.EncodeToString(b)
 }
 
-// trafficReport is what to send now, nil when no app has a canary.
-func (f *Follower) trafficReport(now time.Time) *api.GatewayTraffic {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.id == "" {
-		f.id, f.started = gatewayID(), now
-	}
+// canaries are the apps with a canary, by name, with the canary's
+// template revision in Revision. f.mu is held.
+func (f *Follower) canaries() map[string]*api.CanaryState {
 	splits := map[string]*api.CanaryState{}
 	for name, a := range f.apps {
 		if a.Canary != nil && !a.Deleting {
@@ -43,14 +39,11 @@ func (f *Follower) trafficReport(now time.Time) *api.GatewayTraffic {
 			splits[name] = &c
 		}
 	}
-	for name := range f.bases {
-		if splits[name] == nil {
-			delete(f.bases, name)
-		}
-	}
-	if len(splits) == 0 {
-		return nil
-	}
+	return splits
+}
+
+// statsOf is the proxy's counts of the apps in splits. f.mu is held.
+func (f *Follower) statsOf(splits map[string]*api.CanaryState) map[string]map[int64]RevisionStats {
 	byApp := map[string]map[int64]RevisionStats{}
 	for _, st := range f.Proxy.RevisionStats() {
 		if splits[st.App] != nil {
@@ -60,16 +53,48 @@ func (f *Follower) trafficReport(now time.Time) *api.GatewayTraffic {
 			byApp[st.App][st.Revision] = st
 		}
 	}
+	return byApp
+}
+
+// noteSplits snapshots the counts of each split this gateway routes for
+// the first time (its window starts now) and forgets ended ones; it
+// returns the splits and their counts. f.mu is held.
+func (f *Follower) noteSplits(now time.Time) (map[string]*api.CanaryState, map[string]map[int64]RevisionStats) {
+	if f.id == "" {
+		f.id, f.started = gatewayID(), now
+	}
+	splits := f.canaries()
+	for name := range f.bases {
+		if splits[name] == nil {
+			delete(f.bases, name)
+		}
+	}
+	if len(splits) == 0 {
+		return nil, nil
+	}
+	byApp := f.statsOf(splits)
 	if f.bases == nil {
 		f.bases = map[string]*splitBase{}
+	}
+	for name, c := range splits {
+		if b := f.bases[name]; b == nil || b.stable != c.Stable || b.canary != c.Revision {
+			f.bases[name] = &splitBase{stable: c.Stable, canary: c.Revision, since: now, at: byApp[name]}
+		}
+	}
+	return splits, byApp
+}
+
+// trafficReport is what to send now, nil when no app has a canary.
+func (f *Follower) trafficReport(now time.Time) *api.GatewayTraffic {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	splits, byApp := f.noteSplits(now)
+	if len(splits) == 0 {
+		return nil
 	}
 	rep := &api.GatewayTraffic{Gateway: f.id, Started: f.started}
 	for name, c := range splits {
 		b := f.bases[name]
-		if b == nil || b.stable != c.Stable || b.canary != c.Revision {
-			b = &splitBase{stable: c.Stable, canary: c.Revision, since: now, at: byApp[name]}
-			f.bases[name] = b
-		}
 		at := api.AppTraffic{App: name, Stable: c.Stable, Canary: c.Revision, Since: b.since}
 		for _, rev := range []int64{c.Stable, c.Revision} {
 			cur, was := byApp[name][rev], b.at[rev]
