@@ -25,6 +25,11 @@ type Update struct {
 	// AutoRevert: a failed rollout goes back to the last revision that
 	// rolled out.
 	AutoRevert *bool `json:"auto_revert,omitempty"`
+	// KeepPrevious: the healthy instances an update replaces (of the
+	// template current just before it) are stopped and kept this long,
+	// not removed, so that a rollback to them starts the same containers
+	// again; 0s keeps nothing.
+	KeepPrevious *Duration `json:"keep_previous,omitempty"`
 	// Canary: every deploy that changes the template starts as a canary.
 	Canary *Canary `json:"canary,omitempty"`
 }
@@ -33,6 +38,8 @@ type Update struct {
 const (
 	DefaultParallel         = 1
 	DefaultProgressDeadline = 5 * time.Minute
+	DefaultKeepPrevious     = 10 * time.Minute
+	MaxKeepPrevious         = 24 * time.Hour
 	DefaultHistoryLimit     = 20
 	MaxHistoryLimit         = 1000
 )
@@ -54,6 +61,9 @@ func (u *Update) Default() {
 	if u.AutoRevert == nil {
 		u.AutoRevert = ptr(true)
 	}
+	if u.KeepPrevious == nil {
+		u.KeepPrevious = ptr(Duration(DefaultKeepPrevious))
+	}
 }
 
 func (u *Update) validate() error {
@@ -66,6 +76,8 @@ func (u *Update) validate() error {
 		return fieldErr("update.min_healthy", "%s is not between 0s and 1h", time.Duration(*u.MinHealthy))
 	case time.Duration(*u.ProgressDeadline) < 5*time.Second || time.Duration(*u.ProgressDeadline) > 24*time.Hour:
 		return fieldErr("update.progress_deadline", "%s is not between 5s and 24h", time.Duration(*u.ProgressDeadline))
+	case *u.KeepPrevious < 0 || time.Duration(*u.KeepPrevious) > MaxKeepPrevious:
+		return fieldErr("update.keep_previous", "%s is not between 0s and 24h", time.Duration(*u.KeepPrevious))
 	}
 	return nil
 }

@@ -106,6 +106,9 @@ const (
 const (
 	DesiredRun  = "run"
 	DesiredIdle = "idle" // keep the container, stopped
+	// DesiredKeep: replaced by a rolling update, the container stopped and
+	// kept until KeptUntil, so that a rollback starts it again.
+	DesiredKeep = "keep"
 	DesiredStop = "stop"
 )
 
@@ -139,6 +142,10 @@ type Instance struct {
 	// the replacement backoff.
 	Attempt   int       `json:"attempt,omitempty"`
 	NotBefore time.Time `json:"not_before,omitempty"`
+
+	// KeptUntil: with Desired keep, when the kept instance is retired
+	// unless a rollback to its template starts it again first.
+	KeptUntil time.Time `json:"kept_until,omitempty"`
 }
 
 // Status is what the agent reports about an instance.

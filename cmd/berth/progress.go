@@ -30,6 +30,8 @@ func assess(app api.App, insts []api.Instance) rollout {
 	r := rollout{want: app.Spec.ReplicaCount()}
 	for _, inst := range insts {
 		switch {
+		case inst.Desired == api.DesiredKeep:
+			continue // stopped and kept for a fast rollback: not part of the rollout
 		case inst.Desired == api.DesiredStop:
 			r.stopping++
 		case inst.Revision != app.TemplateRevision:

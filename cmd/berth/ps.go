@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"text/tabwriter"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -70,8 +71,11 @@ func appExists(ctx context.Context, cl *client.Client, name string) error {
 }
 
 func displayState(inst api.Instance) string {
-	if inst.Desired == api.DesiredStop && inst.Status.State != api.StateStopping {
+	switch {
+	case inst.Desired == api.DesiredStop && inst.Status.State != api.StateStopping:
 		return "retiring"
+	case inst.Desired == api.DesiredKeep && inst.Status.State == api.StateIdle:
+		return "kept" // stopped, its container kept for a fast rollback
 	}
 	return inst.Status.State
 }
@@ -82,6 +86,13 @@ func info(inst api.Instance) string {
 		return inst.Reason
 	case inst.Desired == api.DesiredStop:
 		return inst.StopReason
+	case inst.Desired == api.DesiredKeep:
+		left := "expiring"
+		if d := time.Until(inst.KeptUntil); d > 0 {
+			left = d.Round(time.Second).String() + " left"
+		}
+		return fmt.Sprintf("stopped, kept for a fast rollback to revision %d until %s (%s)",
+			inst.Revision, inst.KeptUntil.Local().Format("15:04:05"), left)
 	}
 	return inst.Status.Error
 }

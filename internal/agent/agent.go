@@ -390,7 +390,7 @@ func (a *Agent) reconcile(ctx context.Context, name string) error {
 		}
 	}
 	ours := known && inst.Node == a.Node
-	if ours && inst.Desired == api.DesiredIdle {
+	if ours && (inst.Desired == api.DesiredIdle || inst.Desired == api.DesiredKeep) { // stopped, the container kept
 		return a.idle(ctx, inst, a.localFor(name, inst, known), own)
 	}
 	wanted := ours && inst.Desired == api.DesiredRun

@@ -238,7 +238,7 @@ func (s *Server) rolloutStatus(w http.ResponseWriter, r *http.Request) {
 		side(app.TemplateRevision, "new", app.Spec.Image)
 	}
 	for _, inst := range insts {
-		if inst.App != name || inst.Desired == api.DesiredStop {
+		if inst.App != name || inst.Desired == api.DesiredStop || inst.Desired == api.DesiredKeep {
 			continue
 		}
 		rr := side(inst.Revision, "old", inst.Spec.Image)

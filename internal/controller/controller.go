@@ -253,17 +253,42 @@ func (c *Controller) applyPlan(ctx context.Context, app api.App, insts []api.Ins
 		c.recheck[app.Spec.Name] = p.RecheckAt
 	}
 	var writes []write
+	unkeep := map[string]bool{}
+	for _, n := range p.Unkeep {
+		unkeep[n] = true
+	}
 	for _, inst := range insts {
 		if desired, ok := idleChange(p, inst.Name); ok {
 			inst.Desired = desired
 			writes = append(writes, putInstance(inst))
 			continue
 		}
+		if unkeep[inst.Name] {
+			// A rollback to its template: the kept container starts again,
+			// and must prove its health anew.
+			inst.Desired, inst.KeptUntil, inst.StopReason = api.DesiredRun, time.Time{}, ""
+			inst.Status.Healthy = false
+			w := putInstance(inst)
+			ev, err := c.Store.AppendEvent(ctx, api.Event{Kind: "resumed", App: inst.App, Instance: inst.Name, Node: inst.Node,
+				Message: fmt.Sprintf("revision %d is current again: its kept container starts again", inst.Revision)})
+			if err != nil {
+				return nil, nil, err
+			}
+			w.ops = append(w.ops, ev)
+			writes = append(writes, w)
+			continue
+		}
 		reason, ok := p.Retire[inst.Name]
 		if !ok {
 			continue
 		}
-		inst.Desired, inst.StopReason = api.DesiredStop, reason
+		kind := "retired"
+		inst.Desired, inst.StopReason, inst.KeptUntil = api.DesiredStop, reason, time.Time{}
+		if until, ok := p.Kept[inst.Name]; ok {
+			// Stopped, not removed: a rollback may start it again.
+			reason += ": kept stopped for a fast rollback until " + until.UTC().Format(time.RFC3339)
+			inst.Desired, inst.StopReason, inst.KeptUntil, kind = api.DesiredKeep, reason, until, "kept"
+		}
 		var w write
 		if inst.Node == "" {
 			// Never placed: nothing runs, the record can go now.
@@ -271,7 +296,6 @@ func (c *Controller) applyPlan(ctx context.Context, app api.App, insts []api.Ins
 		} else {
 			w = putInstance(inst)
 		}
-		kind := "retired"
 		if _, lost := p.Lost[inst.Name]; lost {
 			kind = "lost"
 			reason += ": replaced"
@@ -295,8 +319,9 @@ func (c *Controller) applyPlan(ctx context.Context, app api.App, insts []api.Ins
 		}
 		writes = append(writes, write{ops: append(ops, ev), app: app.Spec.Name})
 	}
-	if len(p.Create) > 0 || len(p.Retire) > 0 || len(p.Idle) > 0 || len(p.Resume) > 0 {
-		c.Log.Info("converge app", "app", app.Spec.Name, "create", len(p.Create), "retire", len(p.Retire), "idle", len(p.Idle), "resume", len(p.Resume))
+	if len(p.Create) > 0 || len(p.Retire) > 0 || len(p.Idle) > 0 || len(p.Resume) > 0 || len(p.Unkeep) > 0 {
+		c.Log.Info("converge app", "app", app.Spec.Name, "create", len(p.Create), "retire", len(p.Retire)-len(p.Kept), "keep", len(p.Kept),
+			"idle", len(p.Idle), "resume", len(p.Resume)+len(p.Unkeep))
 	}
 	return writes, p.Create, nil
 }
@@ -522,6 +547,9 @@ func (c *Controller) idleApps(ctx context.Context, apps []api.App, byApp map[str
 func settled(app api.App, insts []api.Instance) bool {
 	n := 0
 	for _, inst := range insts {
+		if inst.Desired == api.DesiredKeep {
+			continue // stopped for a fast rollback: not part of the app's rollout
+		}
 		if inst.Desired != api.DesiredRun || inst.Revision != app.TemplateRevision {
 			return false
 		}

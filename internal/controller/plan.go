@@ -18,8 +18,14 @@ type Plan struct {
 	Resume    []string          // idle instances to start again: the app was woken
 	DeleteApp bool              // app is being removed and nothing of it is left
 	// RecheckAt: plan again then though nothing changed (a new instance
-	// reaches min_healthy); zero: no need.
+	// reaches min_healthy, a kept one expires); zero: no need.
 	RecheckAt time.Time
+	// Kept: of Retire, those stopped and kept until then for a fast
+	// rollback (Desired keep), not removed (see kept.go).
+	Kept map[string]time.Time
+	// Unkeep: kept instances that start again (a rollback to their
+	// template); their Desired becomes run.
+	Unkeep []string
 }
 
 // PlanApp compares an app with its instances and decides, without I/O,
@@ -46,36 +52,45 @@ func PlanApp(app api.App, instances []api.Instance, nodes map[string]string, now
 // planApp is PlanApp of one template; new instances take indexes not in
 // used (nil: those of instances), which it marks.
 func planApp(app api.App, instances []api.Instance, nodes map[string]string, now time.Time, used map[int]bool) Plan {
-	p := Plan{Retire: map[string]string{}, Lost: map[string]string{}}
-	var active []api.Instance
+	p := Plan{Retire: map[string]string{}, Lost: map[string]string{}, Kept: map[string]time.Time{}}
+	var active, kept []api.Instance
 	draining := map[string]bool{}
 	for _, inst := range instances {
 		if inst.Desired == api.DesiredStop {
 			continue
 		}
+		lost := ""
 		switch state, known := nodes[inst.Node]; {
 		case nodes == nil || inst.Node == "" || state == api.NodeReady:
 		case !known:
-			p.Lost[inst.Name] = fmt.Sprintf("lost: node %s is gone", inst.Node)
-			continue
+			lost = fmt.Sprintf("lost: node %s is gone", inst.Node)
 		case state == api.NodeDown:
-			p.Lost[inst.Name] = fmt.Sprintf("lost: node %s is down", inst.Node)
-			continue
+			lost = fmt.Sprintf("lost: node %s is down", inst.Node)
 		case state == api.NodeDraining:
 			draining[inst.Name] = true
 		}
-		active = append(active, inst)
+		switch {
+		case inst.Desired == api.DesiredKeep && lost != "":
+			p.Retire[inst.Name] = keptFor(inst) + ": " + lost // nothing to replace
+		case inst.Desired == api.DesiredKeep:
+			kept = append(kept, inst)
+		case lost != "":
+			p.Lost[inst.Name] = lost
+		default:
+			active = append(active, inst)
+		}
 	}
 	for name, why := range p.Lost {
 		p.Retire[name] = why
 	}
 	if app.Deleting {
-		for _, inst := range active {
+		for _, inst := range append(active, kept...) {
 			p.Retire[inst.Name] = api.StopAppRemoved
 		}
 		p.DeleteApp = len(instances) == 0
 		return p
 	}
+	kept = p.expireKept(kept, draining, now)
 	// Scaled to zero: every instance stops and keeps its container, and
 	// nothing else changes until the app is woken.
 	if app.Idled {
@@ -84,6 +99,7 @@ func planApp(app api.App, instances []api.Instance, nodes map[string]string, now
 				p.Idle = append(p.Idle, inst.Name)
 			}
 		}
+		p.recheckKept(kept)
 		return p
 	}
 	for i, inst := range active {
@@ -97,12 +113,12 @@ func planApp(app api.App, instances []api.Instance, nodes map[string]string, now
 	// those of the current template that never became healthy are
 	// replaced after a backoff (see replaceSick), so that a template
 	// that cannot get healthy is not replaced in a tight loop.
-	kept := active[:0:0]
+	staying := active[:0:0]
 	var sick []api.Instance
 	for _, inst := range active {
 		switch {
 		case !inst.Status.Replace:
-			kept = append(kept, inst)
+			staying = append(staying, inst)
 		case inst.Revision == app.TemplateRevision && !inst.Status.EverHealthy:
 			sick = append(sick, inst)
 			p.Retire[inst.Name] = "never became healthy past its retries" // replaceSick says by what
@@ -110,7 +126,7 @@ func planApp(app api.App, instances []api.Instance, nodes map[string]string, now
 			p.Retire[inst.Name] = "unhealthy past its retries: replaced"
 		}
 	}
-	active = kept
+	active = staying
 
 	var cur, old []api.Instance
 	for _, inst := range active {
@@ -122,6 +138,9 @@ func planApp(app api.App, instances []api.Instance, nodes map[string]string, now
 	}
 	want := app.Spec.ReplicaCount()
 	r := newPolicy(app, now)
+	k := keptPlan(&p, app, kept, old)
+	cur = k.unkeep(&p, cur, want)
+	p.recheckKept(k.stay)
 	healthy := 0 // old ones healthy and new ones past min_healthy
 	for _, inst := range old {
 		if isHealthy(inst) {
@@ -134,17 +153,20 @@ func planApp(app api.App, instances []api.Instance, nodes map[string]string, now
 		}
 	}
 	if len(old) > 0 {
-		p.RecheckAt = r.recheck(cur)
+		p.RecheckAt = earliest(p.RecheckAt, r.recheck(cur))
 	}
 
 	// Old instances: broken ones go at once; healthy ones while more than
 	// replicas-max_unavailable stay healthy. Those beyond the replicas
 	// (the spec lowered them) are not replaced but scaled down: the
-	// surplus is what exceeds the replicas and the new instances (up to
-	// parallel) a rolling update adds while it runs.
+	// surplus is what exceeds the replicas and the new instances a
+	// rolling update adds while it runs.
 	surplus := len(old) + len(cur) - want
 	if len(old) > 0 {
-		surplus -= min(len(cur), r.parallel)
+		// The new ones that replace old ones: up to parallel, or as many
+		// as the old ones when more came at once (a rollback starts its
+		// kept instances at once).
+		surplus -= min(len(cur), max(r.parallel, len(old)))
 	}
 	starting := r.starting(cur)
 	oldLeft := len(old)
@@ -154,7 +176,7 @@ func planApp(app api.App, instances []api.Instance, nodes map[string]string, now
 		if draining[inst.Name] {
 			why = fmt.Sprintf("moved off node %s: draining", inst.Node)
 		}
-		retire := false
+		retire, keep := false, false
 		switch {
 		case want == 0:
 			p.Retire[inst.Name] = "scaled to zero"
@@ -162,16 +184,19 @@ func planApp(app api.App, instances []api.Instance, nodes map[string]string, now
 		case !isHealthy(inst):
 			retire = true
 		case healthy > want-r.unavailable && !r.keepLast(oldLeft, healthy, want, len(cur), starting):
-			retire = true
+			retire, keep = true, !draining[inst.Name]
 			healthy--
 		}
 		if retire {
 			oldLeft--
 			if surplus > 0 {
-				why = "scaled down"
+				why, keep = "scaled down", false
 				surplus--
 			}
 			p.Retire[inst.Name] = why
+			if keep {
+				k.keep(&p, inst, want, r)
+			}
 		}
 	}
 	remainingOld := oldLeft
@@ -277,13 +302,13 @@ func NewInstance(app api.App, index int, now time.Time) api.Instance {
 // policy is an app's update policy as PlanApp applies it at now.
 type policy struct {
 	parallel, unavailable int
-	minHealthy            time.Duration
+	minHealthy, keep      time.Duration
 	now                   time.Time
 }
 
 func newPolicy(app api.App, now time.Time) policy {
 	u := app.Spec.UpdateOf()
-	return policy{parallel: *u.Parallel, unavailable: *u.MaxUnavailable, minHealthy: u.MinHealthy.D(), now: now}
+	return policy{parallel: *u.Parallel, unavailable: *u.MaxUnavailable, minHealthy: u.MinHealthy.D(), keep: u.KeepPrevious.D(), now: now}
 }
 
 // counts: a new instance counts as healthy for the rollout once it has

@@ -114,7 +114,11 @@ func (s *scan) add(inst *api.Instance) {
 	if n != nil {
 		state = n.state
 	}
-	if a.app != nil && inst.Desired != api.DesiredStop && (inst.Node == "" || state == api.NodeReady || state == api.NodeDraining) {
+	// A kept instance (stopped for a fast rollback) is neither old nor
+	// current, and holds no room: it gives way to anything placed; a
+	// rollback starts it again where it is.
+	kept := inst.Desired == api.DesiredKeep
+	if a.app != nil && !kept && inst.Desired != api.DesiredStop && (inst.Node == "" || state == api.NodeReady || state == api.NodeDraining) {
 		if inst.Revision == a.app.TemplateRevision && state != api.NodeDraining {
 			a.current++
 			if isHealthy(*inst) {
@@ -130,7 +134,7 @@ func (s *scan) add(inst *api.Instance) {
 	case inst.Node == "" && inst.Desired == api.DesiredRun:
 		s.waiting = append(s.waiting, inst)
 		a.waiting = true
-	case n != nil && !n.down:
+	case n != nil && !n.down && !kept:
 		n.held.CPU += inst.Spec.Resources.CPU
 		n.held.Memory += inst.Spec.Resources.Memory
 	}
@@ -210,7 +214,7 @@ func (s *scan) holding(pending []api.Instance) []api.Instance {
 			continue // a new app: nothing placed yet
 		}
 		for _, inst := range a.insts {
-			if n := s.nodes[inst.Node]; n == nil || n.down || !s.staying(a, inst) {
+			if n := s.nodes[inst.Node]; n == nil || n.down || inst.Desired == api.DesiredKeep || !s.staying(a, inst) {
 				continue
 			}
 			out = append(out, *inst)

@@ -119,7 +119,7 @@ func TestBuildFromGit(t *testing.T) {
 		t.Fatalf("berth build --deploy: want exit 0 and 'built web:%s digest ...':\n%s", sha, r)
 	}
 	digest := m[2]
-	for _, want := range []string{"Step 1/7 : FROM scratch", "which adds /app/REVISION and the label org.opencontainers.image.revision="+sha, "berth: deployed web:" + sha + " as revision 2", "healthy at revision 2"} {
+	for _, want := range []string{"Step 1/7 : FROM scratch", "which adds /app/REVISION and the label org.opencontainers.image.revision=" + sha, "berth: deployed web:" + sha + " as revision 2", "healthy at revision 2"} {
 		if !strings.Contains(r.stdout, want) {
 			t.Errorf("berth build --deploy output lacks %q", want)
 		}

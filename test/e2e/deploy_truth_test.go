@@ -36,7 +36,7 @@ func TestDeployReplicasFromTheSpec(t *testing.T) {
 	}
 	reasons := map[string]string{}
 	for _, e := range b.events(t, "rep") {
-		if e.Kind == "retired" {
+		if e.Kind == "retired" || e.Kind == "kept" { // kept: stopped for a fast rollback
 			reasons[e.Instance] = e.Message
 		}
 	}

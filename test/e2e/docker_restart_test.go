@@ -177,6 +177,9 @@ func TestAgentSurvivesEngineRestart(t *testing.T) {
 		// restarted by its engine may have a new host port, which the
 		// record must follow.
 		for _, i := range insts {
+			if i.Desired != "run" {
+				continue // a replaced one, still being removed
+			}
 			if code, body, err := curl(i.Status.Address, "/"); err != nil || code != 200 || !strings.Contains(body, i.Name) {
 				return false, fmt.Sprintf("GET %s (%s): %d %q %v", i.Status.Address, i.Name, code, body, err)
 			}

@@ -412,6 +412,7 @@ type instance struct {
 	Reason     string         `json:"reason"`
 	Desired    string         `json:"desired"`
 	StopReason string         `json:"stop_reason"`
+	KeptUntil  time.Time      `json:"kept_until"`
 	Status     instanceStatus `json:"status"`
 }
 
@@ -526,18 +527,28 @@ func (b *berth) getJSON(t *testing.T, path string, out any) {
 	}
 }
 
-// instances lists an app's instances through the API.
+// instances lists the app's instances but those kept stopped for a fast
+// rollback after an update (fast_rollback_test.go looks at those): what
+// the tests count is the instances that make up the app.
 func (b *berth) instances(t *testing.T, app string) []instance {
 	t.Helper()
-	var l list[instance]
-	b.getJSON(t, "/v1/instances?app="+app, &l)
-	return l.Items
+	insts, err := b.instancesErr(app)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return insts
 }
 
 func (b *berth) instancesErr(app string) ([]instance, error) {
 	var l list[instance]
 	err := b.getJSONErr("/v1/instances?app="+app, &l)
-	return l.Items, err
+	active := l.Items[:0]
+	for _, i := range l.Items {
+		if i.KeptUntil.IsZero() {
+			active = append(active, i)
+		}
+	}
+	return active, err
 }
 
 func (b *berth) events(t *testing.T, app string) []event {

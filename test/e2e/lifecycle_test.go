@@ -346,15 +346,21 @@ func TestRollingUpdateWithoutFailures(t *testing.T) {
 			t.Errorf("%s at %s does not answer version=2: %d %q %v", i.Name, i.Status.Address, code, body, err)
 		}
 	}
-	cs := containers(t, b.cluster)
-	if len(cs) != 4 {
-		t.Errorf("want exactly 4 containers after the update: %s", describeContainers(cs))
-	}
-	for _, c := range cs {
-		if img := dockerInspect(t, c.ID, "{{.Config.Image}}"); img != imageDemo2 || c.State != "running" {
-			t.Errorf("container %s of %s: image %s, state %s", c.ID[:12], c.Instance, img, c.State)
+	// 4 running of demo:2; the 4 replaced stay, stopped (once their stop
+	// is done), for a fast rollback.
+	waitFor(t, 30*time.Second, func() (bool, string) {
+		running, kept := 0, 0
+		cs := containers(t, b.cluster)
+		for _, c := range cs {
+			switch img := dockerInspect(t, c.ID, "{{.Config.Image}}"); {
+			case c.State == "running" && img == imageDemo2:
+				running++
+			case c.State == "exited" && img == imageDemo1:
+				kept++
+			}
 		}
-	}
+		return running == 4 && kept == 4 && len(cs) == 8, "want 4 running of demo:2 and 4 stopped of demo:1: " + describeContainers(cs)
+	})
 }
 
 // TestRemoveApp removes an app with berth rm.
