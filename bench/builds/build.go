@@ -7,7 +7,6 @@ import (
 	"regexp"
 	"strings"
 	"time"
-
 )
 
 // buildRound is one round of the build comparison.
@@ -52,7 +51,7 @@ type buildResult struct {
 	rounds                []buildRound
 	warmBerth, warmFloor  time.Duration
 	contextBytes          int64
-	pushed                string          // berth's "pushed" line of the last round
+	pushed                string // berth's "pushed" line of the last round
 	loadBefore, loadAfter string
 }
 
