@@ -586,8 +586,12 @@ func (a *Agent) idle(ctx context.Context, inst api.Instance, l *local, c *runtim
 	l.stopProbe()
 	st := l.current()
 	if c != nil && c.Running {
+		was := inst
 		st.State, st.Healthy = api.StateStopping, false
 		if err := a.report(ctx, inst.Name, l, st); err != nil {
+			return err
+		}
+		if err := drain(ctx, was); err != nil {
 			return err
 		}
 		if err := a.Runtime.Stop(ctx, c.ID, inst.Spec.StopGrace.D()); err != nil {

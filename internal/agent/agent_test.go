@@ -229,7 +229,7 @@ func TestRollingUpdateReplacesAll(t *testing.T) {
 	s.Env = map[string]string{"V": "2"}
 	c.deploy(s)
 	c.waitFor("rolled", func() (bool, string) {
-		insts := c.instances("web")
+		insts := live(c.instances("web"))
 		n := 0
 		for _, i := range insts {
 			if i.Revision == 2 && i.Ready() {

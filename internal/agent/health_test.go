@@ -155,7 +155,7 @@ func TestRollingUpdateWaitsMinHealthy(t *testing.T) {
 	began := time.Now()
 	c.deploy(s)
 	c.waitFor("rolled", func() (bool, string) {
-		insts := c.instances("web")
+		insts := live(c.instances("web"))
 		n := 0
 		for _, i := range insts {
 			if i.Revision == 2 && i.Ready() && !i.Status.HealthySince.IsZero() {

@@ -30,16 +30,12 @@ func (a *Agent) retire(ctx context.Context, name string, inst api.Instance, know
 		if ours {
 			st := inst.Status
 			st.State, st.Healthy, st.HealthySince = api.StateStopping, false, time.Time{}
-			wasRoutable := inst.Routable()
 			if err := a.Client.ReportStatus(ctx, name, st); err != nil && !client.IsStatus(err, 404) {
 				return err
 			}
-			// Give routers watching the instance a moment to stop sending to it.
-			if wasRoutable && inst.StopReason != api.StopAppRemoved {
-				select {
-				case <-ctx.Done():
-					return ctx.Err()
-				case <-time.After(drainDelay):
+			if inst.StopReason != api.StopAppRemoved {
+				if err := drain(ctx, inst); err != nil {
+					return err
 				}
 			}
 		}
@@ -153,4 +149,23 @@ func (a *Agent) confirmUnknown(ctx context.Context, name string, since time.Time
 		relist()
 	}
 	return inst, true, nil
+}
+
+// drain gives the gateways a moment to take an instance that served out
+// of their tables before its container is stopped: they learn that it is
+// retired (or kept, or idled) when the agent does, from the same record,
+// so without a pause a request could still be sent to a stopping
+// container. (The record's desired state is no longer run here, so "was
+// routable" is read from its last status.)
+func drain(ctx context.Context, inst api.Instance) error {
+	st := inst.Status
+	if !st.Healthy || st.State != api.StateRunning || st.Address == "" {
+		return nil
+	}
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(drainDelay):
+		return nil
+	}
 }
