@@ -141,6 +141,13 @@ func (p *Proxy) serve(ctx *fasthttp.RequestCtx, a *appState, direct int64, start
 			view, setCookie = v, set
 		}
 	}
+	if view.rev != nil || setCookie != nil {
+		if ctx.Request.Header.ConnectionUpgrade() {
+			// A WebSocket's 101 is written by the tunnel from the
+			// upstream's header (websocket.go): it adds these.
+			ctx.SetUserValue(upgradeExtraKey, upgradeExtra{rev: view.rev, setCookie: setCookie})
+		}
+	}
 	rs := p.forward(ctx, view)
 	h := &ctx.Response.Header
 	if rs != nil {
@@ -222,4 +229,31 @@ func (s *splitState) fromCookie(h *fasthttp.RequestHeader) *revState {
 		}
 	}
 	return nil
+}
+
+// upgradeExtra is what a WebSocket's 101 answer carries besides the
+// upstream's header: the revision that serves it, and a new client's
+// cookie.
+type upgradeExtra struct {
+	rev       *revState
+	setCookie []byte
+}
+
+type upgradeExtraKeyType struct{}
+
+var upgradeExtraKey upgradeExtraKeyType
+
+// addUpgradeExtra puts the request's upgradeExtra, if any, into the
+// upstream's 101 header h.
+func addUpgradeExtra(ctx *fasthttp.RequestCtx, h *fasthttp.ResponseHeader) {
+	x, ok := ctx.UserValue(upgradeExtraKey).(upgradeExtra)
+	if !ok {
+		return
+	}
+	if x.rev != nil {
+		h.SetCanonical(hXBerthRevision, x.rev.dec)
+	}
+	if x.setCookie != nil {
+		h.AddBytesKV(hSetCookie, x.setCookie)
+	}
 }

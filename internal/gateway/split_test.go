@@ -615,16 +615,20 @@ func TestSplitWebSocketAndStream(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	for _, cc := range []struct {
-		hdr  http.Header
-		want string
+		hdr         http.Header
+		want        string
+		rev, cookie string // of the 101 answer
 	}{
-		{http.Header{"Cookie": {"berth-rev-app=1"}}, "s"},
-		{nil, "c"}, // the split's canary
-		{http.Header{"X-Berth-Revision": {"1"}}, "s"},
+		{http.Header{"Cookie": {"berth-rev-app=1"}}, "s", "1", ""},
+		{nil, "c", "2", "berth-rev-app=2" + cookieAttrs}, // the split's canary, a new client
+		{http.Header{"X-Berth-Revision": {"1"}}, "s", "1", ""},
 	} {
 		conn, resp, err := websocket.Dial(ctx, "ws://"+addr+"/ws", &websocket.DialOptions{Host: "app.test", HTTPHeader: cc.hdr})
 		if err != nil {
 			t.Fatalf("%v: dial: %v (%v)", cc.hdr, err, resp)
+		}
+		if got, cookie := resp.Header.Get("X-Berth-Revision"), resp.Header.Get("Set-Cookie"); got != cc.rev || cookie != cc.cookie {
+			t.Errorf("%v: the 101 answer has X-Berth-Revision %q and Set-Cookie %q; want %q and %q", cc.hdr, got, cookie, cc.rev, cc.cookie)
 		}
 		if err := conn.Write(ctx, websocket.MessageText, []byte("hi")); err != nil {
 			t.Fatal(err)

@@ -85,6 +85,7 @@ func (p *Proxy) upgrade(ctx *fasthttp.RequestCtx, a *appState, u *upstream, conn
 		return nil
 	}
 	_ = conn.SetDeadline(time.Time{})
+	addUpgradeExtra(ctx, &uresp.Header)
 	head := uresp.Header.AppendBytes(nil)
 	u.inflight.Add(1)
 	t := &tunnel{up: conn}
