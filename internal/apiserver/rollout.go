@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/url"
 	"slices"
 	"time"
 
@@ -21,7 +22,13 @@ import (
 
 // canaryQuery reads ?canary=10% (a weight) or ?canary=2 (instances).
 func canaryQuery(w http.ResponseWriter, r *http.Request) (*api.CanaryRequest, bool) {
-	v := r.URL.Query().Get("canary")
+	q, err := url.ParseQuery(r.URL.RawQuery)
+	if err != nil {
+		// Say "10%" must be sent as 10%25 rather than drop the parameter.
+		writeError(w, http.StatusBadRequest, "canary", "query %q: %v (a %% in a URL is written %%25: ?canary=10%%25)", r.URL.RawQuery, err)
+		return nil, false
+	}
+	v := q.Get("canary")
 	if v == "" {
 		return nil, true
 	}
