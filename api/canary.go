@@ -277,6 +277,32 @@ type AppTraffic struct {
 	Revisions []RevisionTraffic `json:"revisions"`
 }
 
+// TrafficStale: a gateway's report older than this is left out of the
+// traffic figures (the gateway is gone); gateways report every 2s.
+const TrafficStale = 30 * time.Second
+
+// CanaryAbort is what an abort of the app's canary writes besides the
+// tried revision's mark (MarkCanaryAborted): the app back on the stable
+// template as a new revision (AfterCanaryAbort), that revision's record,
+// and a line saying what changed.
+func CanaryAbort(app App, now time.Time, by string) (next App, rec Revision, change string) {
+	c, tried := app.Canary, app.Revision
+	next = AfterCanaryAbort(app, now)
+	change = fmt.Sprintf("canary of revision %d aborted: back to revision %d", tried, c.Stable)
+	rec = Revision{App: next.Spec.Name, Revision: next.Revision, Spec: next.Spec, ImageDigest: next.ImageDigest, Created: now,
+		Change: change, By: by, Template: next.TemplateRevision, RollbackOf: c.Stable, Outcome: OutcomeRollingOut}
+	return next, rec, change
+}
+
+// MarkCanaryAborted is the tried revision's outcome after an abort: by a
+// user, aborted; by the server (bad), reverted and bad.
+func MarkCanaryAborted(r *Revision, now time.Time, bad bool, reason string) {
+	r.Outcome, r.Settled, r.Reason, r.Bad = OutcomeAborted, now, reason, bad
+	if bad {
+		r.Outcome = OutcomeReverted
+	}
+}
+
 // AfterCanaryAbort is the app once its canary is aborted: back to the
 // stable template, as a new revision, so that the stable instances are
 // current again and stay, and the canaries are retired.

@@ -150,18 +150,14 @@ func (s *Server) abortRollout(w http.ResponseWriter, r *http.Request) {
 // returns the revision records to write with it: the canary's revision
 // marked (aborted, or reverted and bad), the new one.
 func abortOps(ctx context.Context, st *store.Store, app *api.App, now time.Time, who string, bad bool, reason string) ([]store.Op, string, error) {
-	c := *app.Canary
 	tried := app.Revision
-	*app = api.AfterCanaryAbort(*app, now)
-	change := fmt.Sprintf("canary of revision %d aborted: back to revision %d", tried, c.Stable)
-	ops := []store.Op{createRevision(revisionOf(*app, change, who, c.Stable))}
+	next, rec, change := api.CanaryAbort(*app, now, who)
+	*app = next
+	ops := []store.Op{createRevision(rec)}
 	cur, err := store.Revisions.Get(ctx, st, api.RevisionKey(app.Spec.Name, tried))
 	switch {
 	case err == nil:
-		cur.Outcome, cur.Settled, cur.Reason, cur.Bad = api.OutcomeAborted, now, reason, bad
-		if bad {
-			cur.Outcome = api.OutcomeReverted
-		}
+		api.MarkCanaryAborted(&cur, now, bad, reason)
 		ops = append(ops, store.Revisions.Put(api.RevisionKey(cur.App, cur.Revision), cur, cur.Version))
 	case !errors.Is(err, store.ErrNotFound):
 		return nil, "", err
@@ -202,10 +198,6 @@ func (s *Server) resumeRollout(w http.ResponseWriter, r *http.Request) {
 		return fmt.Sprintf("revision %d: rollout resumed by %s", app.Revision, by(r)), nil, true
 	})
 }
-
-// trafficStale: a gateway's report older than this is left out of the
-// figures (the gateway is gone); gateways report every 2s.
-const trafficStale = 30 * time.Second
 
 // GET /v1/apps/{name}/rollout: the phase, each revision's instances and,
 // during a canary, the traffic the gateways saw of each side since it
@@ -276,7 +268,7 @@ func (s *Server) rolloutStatus(w http.ResponseWriter, r *http.Request) {
 			s.writeStoreError(w, err)
 			return
 		}
-		for rev, t := range api.TrafficOf(name, c.Stable, app.TemplateRevision, reports, time.Now(), trafficStale) {
+		for rev, t := range api.TrafficOf(name, c.Stable, app.TemplateRevision, reports, time.Now(), api.TrafficStale) {
 			if rr := byRev[rev]; rr != nil {
 				t.Buckets = nil
 				rr.Traffic = t

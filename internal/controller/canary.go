@@ -23,9 +23,6 @@ import (
 // rate or latency is judged: a handful of requests says little.
 const canaryMinRequests = 20
 
-// trafficStale leaves out the reports of gateways that stopped reporting.
-const trafficStale = 30 * time.Second
-
 // planCanary plans the two sides of a canary, each as its own template,
 // new instances taking indexes neither side uses.
 func planCanary(app api.App, instances []api.Instance, nodes map[string]string, now time.Time) Plan {
@@ -93,7 +90,7 @@ func (c *Controller) judgeCanary(ctx context.Context, app *api.App, a *appScan, 
 	if err != nil {
 		return err
 	}
-	traffic := api.TrafficOf(app.Spec.Name, cs.Stable, app.TemplateRevision, reports, now, trafficStale)
+	traffic := api.TrafficOf(app.Spec.Name, cs.Stable, app.TemplateRevision, reports, now, api.TrafficStale)
 	tried, stable := traffic[app.TemplateRevision], traffic[cs.Stable]
 	if tried == nil {
 		tried = &api.RevisionTraffic{}
@@ -140,16 +137,13 @@ func (c *Controller) judgeCanary(ctx context.Context, app *api.App, a *appScan, 
 // abortCanary ends a canary that failed: the app goes back to the stable
 // template as a new revision, and the canary's revision is marked bad.
 func (c *Controller) abortCanary(ctx context.Context, app *api.App, reason string, now time.Time) error {
-	name, cs, tried := app.Spec.Name, *app.Canary, app.Revision
-	next := api.AfterCanaryAbort(*app, now)
-	change := fmt.Sprintf("canary of revision %d aborted: back to revision %d", tried, cs.Stable)
-	rec := api.Revision{App: name, Revision: next.Revision, Spec: next.Spec, ImageDigest: next.ImageDigest, Created: now,
-		Change: change, By: autoRevertBy, Template: next.TemplateRevision, RollbackOf: cs.Stable, Outcome: api.OutcomeRollingOut}
+	name, tried := app.Spec.Name, app.Revision
+	next, rec, change := api.CanaryAbort(*app, now, autoRevertBy)
 	ops := []store.Op{store.Apps.Put(name, next, app.Version), store.Revisions.Create(api.RevisionKey(name, rec.Revision), rec)}
 	cur, err := store.Revisions.Get(ctx, c.Store, api.RevisionKey(name, tried))
 	switch {
 	case err == nil:
-		cur.Outcome, cur.Bad, cur.Reason, cur.Settled = api.OutcomeReverted, true, reason, now
+		api.MarkCanaryAborted(&cur, now, true, reason)
 		ops = append(ops, store.Revisions.Put(api.RevisionKey(name, tried), cur, cur.Version))
 	case !errors.Is(err, store.ErrNotFound):
 		return err

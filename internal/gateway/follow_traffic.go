@@ -58,7 +58,8 @@ func (f *Follower) statsOf(splits map[string]*api.CanaryState) map[string]map[in
 
 // noteSplits snapshots the counts of each split this gateway routes for
 // the first time (its window starts now) and forgets ended ones; it
-// returns the splits and their counts. f.mu is held.
+// returns the splits, and their counts when it read them (nil when no
+// split was new). f.mu is held.
 func (f *Follower) noteSplits(now time.Time) (map[string]*api.CanaryState, map[string]map[int64]RevisionStats) {
 	if f.id == "" {
 		f.id, f.started = gatewayID(), now
@@ -72,12 +73,15 @@ func (f *Follower) noteSplits(now time.Time) (map[string]*api.CanaryState, map[s
 	if len(splits) == 0 {
 		return nil, nil
 	}
-	byApp := f.statsOf(splits)
+	var byApp map[string]map[int64]RevisionStats // read only when needed: rebuilds come often
 	if f.bases == nil {
 		f.bases = map[string]*splitBase{}
 	}
 	for name, c := range splits {
 		if b := f.bases[name]; b == nil || b.stable != c.Stable || b.canary != c.Revision {
+			if byApp == nil {
+				byApp = f.statsOf(splits)
+			}
 			f.bases[name] = &splitBase{stable: c.Stable, canary: c.Revision, since: now, at: byApp[name]}
 		}
 	}
@@ -91,6 +95,9 @@ func (f *Follower) trafficReport(now time.Time) *api.GatewayTraffic {
 	splits, byApp := f.noteSplits(now)
 	if len(splits) == 0 {
 		return nil
+	}
+	if byApp == nil {
+		byApp = f.statsOf(splits)
 	}
 	rep := &api.GatewayTraffic{Gateway: f.id, Started: f.started}
 	for name, c := range splits {
