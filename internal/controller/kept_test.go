@@ -261,3 +261,25 @@ func TestFastRollbackSteps(t *testing.T) {
 		}
 	}
 }
+
+// Kept instances hold no room for tasks either: a build asking for most
+// of a node starts beside the stopped instances a rollout kept.
+func TestKeptInstancesHoldNoRoomForTasks(t *testing.T) {
+	node := api.Node{Name: "n1", State: api.NodeReady, Capacity: api.Capacity{CPU: 2000, Memory: 8 << 30}}
+	var insts []*api.Instance
+	for i := 1; i <= 6; i++ {
+		in := inst(i, 2, "ok")
+		if i <= 3 {
+			in = keptInst(i, 1, t0.Add(time.Hour))
+		}
+		in.Node, in.Spec.Resources = "n1", api.Resources{CPU: 250, Memory: 64 << 20}
+		insts = append(insts, &in)
+	}
+	free := freeOnReadyNodes([]api.Node{node}, placed(insts, nil))
+	if want := (api.Capacity{CPU: 1250, Memory: 8<<30 - 3*64<<20}); len(free) != 1 || free[0] != want {
+		t.Fatalf("free = %v, want %v (the 3 running instances held, the 3 kept ones not)", free, want)
+	}
+	if !fitsSomewhere(api.Capacity{CPU: 1000, Memory: 2 << 30}, free) {
+		t.Fatal("a task of cpu 1 does not fit beside 3 running instances of 250m")
+	}
+}
