@@ -159,7 +159,7 @@ func makeContext(ctx context.Context, dir string, dirty bool, req *client.BuildR
 	}
 	return writeContext(what, errOut, func(w io.Writer) (build.Info, error) {
 		if src.Git() && !req.Dirty {
-			return src.WriteCommit(ctx, w, 0)
+			return src.WriteClean(ctx, w, 0) // the tree is clean: as git archive, from the disk
 		}
 		return build.WriteDir(w, src.Dir, 0)
 	})

@@ -159,7 +159,9 @@ type poller struct {
 }
 
 func (p *poller) until(ctx context.Context, done func(api.Task) bool) (api.Task, error) {
-	wait := 100 * time.Millisecond
+	// Soon first: after an attempt's final log, its end report is a few
+	// milliseconds behind.
+	wait := 20 * time.Millisecond
 	for {
 		t, err := p.cl.GetTask(ctx, p.id)
 		switch {

@@ -211,8 +211,15 @@ func (s *Server) receiveContext(w http.ResponseWriter, r *http.Request, id strin
 		writeError(w, http.StatusInternalServerError, "", "build context: %v", err)
 		return 0, "", false
 	}
+	// One pass: stored, hashed and read as a tar for its Dockerfile.
 	h := sha256.New()
-	n, err := io.Copy(io.MultiWriter(f, h), io.LimitReader(r.Body, max+1))
+	body := &countReader{r: io.TeeReader(io.LimitReader(r.Body, max+1), io.MultiWriter(f, h))}
+	found, terr := build.HasDockerfile(body)
+	_, err = io.Copy(io.Discard, body) // past the tar's end, so that n says what was sent
+	n := body.n
+	if body.err != nil {
+		err = body.err // the upload's, not the tar's
+	}
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
@@ -229,15 +236,9 @@ func (s *Server) receiveContext(w http.ResponseWriter, r *http.Request, id strin
 	case n == 0:
 		return fail(http.StatusBadRequest, "context", "context: the body is empty; send the build context as a tar")
 	}
-	rf, err := os.Open(part)
-	if err != nil {
-		return fail(http.StatusInternalServerError, "", "build context: %v", err)
-	}
-	found, err := build.HasDockerfile(rf)
-	rf.Close()
 	switch {
-	case err != nil:
-		return fail(http.StatusBadRequest, "context", "context: %v", err)
+	case terr != nil:
+		return fail(http.StatusBadRequest, "context", "context: %v", terr)
 	case !found:
 		return fail(http.StatusBadRequest, "context", "context: %v", build.ErrNoDockerfile)
 	}
@@ -511,4 +512,21 @@ func (s *Server) deployBuilt(ctx context.Context, id string, b *api.BuildSpec, d
 		}
 		return app.Revision, nil
 	}
+}
+
+// countReader counts the bytes read through it, and keeps the first read
+// error other than the end.
+type countReader struct {
+	r   io.Reader
+	n   int64
+	err error
+}
+
+func (c *countReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	if err != nil && err != io.EOF && c.err == nil {
+		c.err = err
+	}
+	return n, err
 }

@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -226,5 +227,76 @@ func TestGitSource(t *testing.T) {
 	plain, err := Inspect(ctx, t.TempDir())
 	if err != nil || plain.Git() {
 		t.Fatalf("a directory outside git: %+v %v", plain, err)
+	}
+}
+
+// WriteClean writes what WriteCommit writes, byte for byte, from the disk
+// of a clean work tree; with attributes that git archive would apply, it
+// is WriteCommit.
+func TestWriteCleanIsWriteCommit(t *testing.T) {
+	needGit(t)
+	ctx := context.Background()
+	root := t.TempDir()
+	gitRun(t, root, "init", "-q")
+	writeFiles(t, root, map[string]string{
+		"README": "top", "svc/Dockerfile": "FROM scratch\nCOPY . /\n", "svc/.dockerignore": "*.md\nlogs\n",
+		"svc/a.txt": "a", "svc/a-b": "dash", "svc/a/x": "in a", "svc/a/deep/y.bin": strings.Repeat("y", 70000),
+		"svc/notes.md": "ignored", "svc/logs/1": "ignored dir", "svc/run.sh": "#!/bin/sh\n", "other/z": "outside",
+	})
+	if err := os.Chmod(filepath.Join(root, "svc/run.sh"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("a/x", filepath.Join(root, "svc/link")); err != nil {
+		t.Fatal(err)
+	}
+	gitRun(t, root, "add", ".")
+	gitRun(t, root, "commit", "-q", "-m", "one")
+
+	for _, dir := range []string{root + "/svc", root} {
+		if dir == root {
+			writeFiles(t, root, map[string]string{"Dockerfile": "FROM scratch\n"})
+			gitRun(t, root, "add", ".")
+			gitRun(t, root, "commit", "-q", "-m", "a Dockerfile at the top")
+		}
+		s, err := Inspect(ctx, dir)
+		if err != nil || len(s.Changes) > 0 {
+			t.Fatalf("%s: %+v %v", dir, s, err)
+		}
+		var archived, read bytes.Buffer
+		ai, err := s.WriteCommit(ctx, &archived, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ri, err := s.WriteClean(ctx, &read, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(archived.Bytes(), read.Bytes()) || ai != ri {
+			an, _ := entries(t, archived.Bytes())
+			rn, _ := entries(t, read.Bytes())
+			t.Fatalf("%s: WriteClean differs from WriteCommit:\narchive %q %+v\ndisk    %q %+v", dir, an, ai, rn, ri)
+		}
+		if dir == root+"/svc" {
+			names, _ := entries(t, read.Bytes())
+			if want := []string{".dockerignore", "Dockerfile", "a-b", "a.txt", "a/", "a/deep/", "a/deep/y.bin", "a/x", "link", "run.sh"}; !slices.Equal(names, want) {
+				t.Fatalf("entries %q, want %q", names, want)
+			}
+		}
+	}
+
+	// export-ignore is git archive's: the disk is not read then.
+	writeFiles(t, root, map[string]string{".gitattributes": "README export-ignore\n"})
+	gitRun(t, root, "add", ".")
+	gitRun(t, root, "commit", "-q", "-m", "attributes")
+	s, err := Inspect(ctx, root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	if _, err := s.WriteClean(ctx, &buf, 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, bodies := entries(t, buf.Bytes()); bodies["svc/a.txt"] != "a" || slices.Contains(slices.Collect(maps.Keys(bodies)), "README") {
+		t.Fatalf("with export-ignore: %q", slices.Collect(maps.Keys(bodies)))
 	}
 }

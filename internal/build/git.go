@@ -92,16 +92,9 @@ func inGitTree(dir string) bool {
 // untracked and ignored files are left out), then .dockerignore as
 // committed applies. Root may be a bare repository.
 func (s Source) WriteCommit(ctx context.Context, w io.Writer, max int64) (Info, error) {
-	var ignore []string
-	ignPath := s.Prefix + DockerIgnore
-	if _, err := git(ctx, s.Root, "cat-file", "-e", s.Commit+":"+ignPath); err == nil {
-		data, err := git(ctx, s.Root, "show", s.Commit+":"+ignPath)
-		if err != nil {
-			return Info{}, err
-		}
-		if ignore, err = ReadIgnore(strings.NewReader(data)); err != nil {
-			return Info{}, err
-		}
+	ignore, err := s.committedIgnore(ctx)
+	if err != nil {
+		return Info{}, err
 	}
 	args := []string{"-C", s.Root, "archive", "--format=tar", s.Commit}
 	if s.Prefix != "" {

@@ -145,6 +145,8 @@ func spool(r io.Reader, dir, name string, gz bool) (*file, error) {
 			err = zw.Close()
 		}
 	} else {
+		storedSum = rawSum // the same bytes: hashed once
+		out.w = tmp
 		_, err = io.Copy(io.MultiWriter(out, rawSum), r)
 	}
 	if err != nil {
