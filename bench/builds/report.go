@@ -138,13 +138,13 @@ func (r *report) renderDetails(s *strings.Builder) {
 	}
 	fmt.Fprintf(s, "- build: berth build's output lines, when they arrived from its start (medians): %s; the build log reaches the CLI in the pieces "+
 		"the agent uploads every second, so building/pushing are late by up to a second\n", strings.Join(marks, ", "))
-	fmt.Fprintf(s, "- build: the server's record of each build (medians, from berth build's start): created %s (the context made with git archive, sent and stored), "+
+	fmt.Fprintf(s, "- build: the server's record of each build (medians, from berth build's start): created %s (the context read from the clean work tree, sent and stored), "+
 		"started on the node %s, ended %s (built, the revision added, saved, uploaded, in the registry); berth build exited at %s\n",
 		secs(medianOf(b.rounds, func(x buildRound) time.Duration { return x.rec.created })),
 		secs(medianOf(b.rounds, func(x buildRound) time.Duration { return x.rec.started })),
 		secs(medianOf(b.rounds, func(x buildRound) time.Duration { return x.rec.ended })),
 		secs(medianOf(b.rounds, func(x buildRound) time.Duration { return x.berth })))
-	fmt.Fprintf(s, "- build: what berth did of each build: the context made with git archive and sent to the server, the agent fetching it into the engine's build, "+
+	fmt.Fprintf(s, "- build: what berth did of each build: the context read from the work tree's tracked files (what git archive would write) and sent to the server, the agent fetching it into the engine's build, "+
 		"docker save of the image, uploaded to the server, which stored the blobs its registry lacked and added a layer with /app/REVISION and the revision label "+
 		"(last round: %s); docker push uploaded the layers the registry lacked, gzipped (last round: %s)\n", b.pushed, b.rounds[len(b.rounds)-1].floorLayer)
 	fmt.Fprintf(s, "- build: both sides build on this machine's engine with its classic builder (berth through the Engine API, builder v1; the floor with DOCKER_BUILDKIT=0), "+
