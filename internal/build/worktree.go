@@ -1,13 +1,11 @@
 package build
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"io"
 	"io/fs"
 	"os"
-	"os/exec"
 	"path"
 	"path/filepath"
 	"strings"
@@ -78,19 +76,16 @@ func (s Source) trackedFiles(ctx context.Context) ([]tracked, bool, error) {
 	if v, _ := git(ctx, s.Root, "config", "core.attributesFile"); v != "" {
 		return nil, false, nil
 	}
-	args := []string{"-C", s.Root, "ls-files", "--stage", "-z"}
+	args := []string{"ls-files", "--stage", "-z"}
 	if s.Prefix != "" {
 		args = append(args, "--", s.Prefix)
 	}
-	cmd := exec.CommandContext(ctx, "git", args...)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
+	out, err := git(ctx, s.Root, args...)
 	if err != nil {
-		return nil, false, fmt.Errorf("git ls-files: %w: %s", err, strings.TrimSpace(stderr.String()))
+		return nil, false, err
 	}
 	var files []tracked
-	for _, rec := range strings.Split(strings.TrimSuffix(string(out), "\x00"), "\x00") {
+	for _, rec := range strings.Split(strings.TrimSuffix(out, "\x00"), "\x00") {
 		if rec == "" {
 			continue
 		}
