@@ -53,14 +53,16 @@ func Inspect(ctx context.Context, dir string) (Source, error) {
 		}
 		return s, nil
 	}
-	if out, err := git(ctx, abs, "rev-parse", "--is-inside-work-tree"); err != nil || out != "true" {
-		return s, nil // not in a work tree (or inside .git itself)
+	// One git for three answers: outside a work tree (or inside .git
+	// itself) the first is not "true", or --show-toplevel fails.
+	out, err := git(ctx, abs, "rev-parse", "--is-inside-work-tree", "--show-toplevel", "--show-prefix")
+	lines := strings.Split(out, "\n")
+	if err != nil || lines[0] != "true" || len(lines) < 2 {
+		return s, nil
 	}
-	if s.Root, err = git(ctx, abs, "rev-parse", "--show-toplevel"); err != nil {
-		return Source{}, err
-	}
-	if s.Prefix, err = git(ctx, abs, "rev-parse", "--show-prefix"); err != nil {
-		return Source{}, err
+	s.Root = lines[1]
+	if len(lines) > 2 {
+		s.Prefix = lines[2] // the top's is an empty line, trimmed with the last newline
 	}
 	if s.Commit, err = git(ctx, abs, "rev-parse", "--verify", "--quiet", "HEAD^{commit}"); err != nil || s.Commit == "" {
 		return Source{}, fmt.Errorf("the git work tree at %s has no commit yet: commit first (or build the files as they are with --dirty)", s.Root)

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"slices"
 	"strings"
 )
 
@@ -26,13 +27,13 @@ func (s Source) WriteClean(ctx context.Context, w io.Writer, max int64) (Info, e
 	if !ok {
 		return s.WriteCommit(ctx, w, max)
 	}
-	ignore, err := s.committedIgnore(ctx)
-	if err != nil {
-		return Info{}, err
-	}
-	ign, err := newIgnore(ignore)
-	if err != nil {
-		return Info{}, err
+	// The .dockerignore as committed: in a clean tree, the one on the disk
+	// when git tracks it.
+	ign := &ignore{}
+	if slices.ContainsFunc(files, func(f tracked) bool { return f.path == s.Prefix+DockerIgnore }) {
+		if ign, err = readIgnoreFile(filepath.Join(s.Dir, DockerIgnore)); err != nil {
+			return Info{}, err
+		}
 	}
 	c := newContextWriter(w, max)
 	dirs := map[string]bool{}
@@ -91,7 +92,8 @@ func (s Source) trackedFiles(ctx context.Context) ([]tracked, bool, error) {
 		}
 		meta, p, found := strings.Cut(rec, "\t") // "<mode> <object> <stage>\t<path>"
 		mode, _, _ := strings.Cut(meta, " ")
-		if !found || path.Base(p) == ".gitattributes" || (mode != "100644" && mode != "100755" && mode != "120000") {
+		if !found || path.Base(p) == ".gitattributes" || (mode != "100644" && mode != "100755" && mode != "120000") ||
+			(p == s.Prefix+DockerIgnore && mode == "120000") { // git archive's .dockerignore would be the link's target text
 			return nil, false, nil
 		}
 		files = append(files, tracked{mode: mode, path: p})
