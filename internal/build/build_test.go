@@ -300,3 +300,30 @@ func TestWriteCleanIsWriteCommit(t *testing.T) {
 		t.Fatalf("with export-ignore: %q", slices.Collect(maps.Keys(bodies)))
 	}
 }
+
+// The repository's info/attributes is git archive's too, also for a
+// linked work tree (it is in the repository, not in the tree's .git file).
+func TestWriteCleanHonoursInfoAttributesOfALinkedTree(t *testing.T) {
+	needGit(t)
+	ctx := context.Background()
+	root := t.TempDir()
+	gitRun(t, root, "init", "-q")
+	writeFiles(t, root, map[string]string{"Dockerfile": "FROM scratch\n", "README": "left out by export-ignore"})
+	gitRun(t, root, "add", ".")
+	gitRun(t, root, "commit", "-q", "-m", "one")
+	linked := filepath.Join(t.TempDir(), "linked")
+	gitRun(t, root, "worktree", "add", "-q", linked)
+	writeFiles(t, root, map[string]string{".git/info/attributes": "README export-ignore\n"})
+
+	s, err := Inspect(ctx, linked)
+	if err != nil || len(s.Changes) > 0 {
+		t.Fatalf("%+v %v", s, err)
+	}
+	var buf bytes.Buffer
+	if _, err := s.WriteClean(ctx, &buf, 0); err != nil {
+		t.Fatal(err)
+	}
+	if names, _ := entries(t, buf.Bytes()); !slices.Equal(names, []string{"Dockerfile"}) {
+		t.Fatalf("entries %q, want only the Dockerfile (README is export-ignore in info/attributes)", names)
+	}
+}

@@ -23,6 +23,8 @@ type Source struct {
 	// Changes are `git status --porcelain` lines about Dir: what HEAD
 	// lacks (modified, added, deleted or untracked files).
 	Changes []string
+
+	commonDir string // the repository's (shared by linked work trees)
 }
 
 // Git reports whether the source is in a git work tree.
@@ -53,16 +55,16 @@ func Inspect(ctx context.Context, dir string) (Source, error) {
 		}
 		return s, nil
 	}
-	// One git for three answers: outside a work tree (or inside .git
+	// One git for four answers: outside a work tree (or inside .git
 	// itself) the first is not "true", or --show-toplevel fails.
-	out, err := git(ctx, abs, "rev-parse", "--is-inside-work-tree", "--show-toplevel", "--show-prefix")
+	out, err := git(ctx, abs, "rev-parse", "--is-inside-work-tree", "--show-toplevel", "--show-prefix", "--git-common-dir")
 	lines := strings.Split(out, "\n")
-	if err != nil || lines[0] != "true" || len(lines) < 2 {
+	if err != nil || lines[0] != "true" || len(lines) != 4 {
 		return s, nil
 	}
-	s.Root = lines[1]
-	if len(lines) > 2 {
-		s.Prefix = lines[2] // the top's is an empty line, trimmed with the last newline
+	s.Root, s.Prefix, s.commonDir = lines[1], lines[2], lines[3] // the top's prefix is an empty line
+	if !filepath.IsAbs(s.commonDir) {
+		s.commonDir = filepath.Join(abs, s.commonDir)
 	}
 	if s.Commit, err = git(ctx, abs, "rev-parse", "--verify", "--quiet", "HEAD^{commit}"); err != nil || s.Commit == "" {
 		return Source{}, fmt.Errorf("the git work tree at %s has no commit yet: commit first (or build the files as they are with --dirty)", s.Root)

@@ -71,7 +71,7 @@ type tracked struct {
 // the order git archive writes them. ok is false when the disk cannot
 // stand in for git archive.
 func (s Source) trackedFiles(ctx context.Context) ([]tracked, bool, error) {
-	if _, err := os.Stat(filepath.Join(s.Root, ".git", "info", "attributes")); err == nil {
+	if _, err := os.Stat(filepath.Join(s.commonDir, "info", "attributes")); s.commonDir == "" || err == nil {
 		return nil, false, nil
 	}
 	if v, _ := git(ctx, s.Root, "config", "core.attributesFile"); v != "" {
