@@ -177,6 +177,13 @@ func (i *Instance) Ready() bool {
 	return i.Desired == DesiredRun && i.Status.Healthy && i.Status.State == StateRunning
 }
 
+// HoldsRoom reports whether the instance holds its resources on a node:
+// placed there, and not kept stopped for a fast rollback (a kept one gives
+// way to anything placed; a rollback starts it again where it is).
+func (i *Instance) HoldsRoom() bool {
+	return i.Node != "" && i.Desired != DesiredKeep
+}
+
 // Routable reports whether traffic may be sent to the instance.
 func (i *Instance) Routable() bool {
 	return i.Ready() && i.Status.Address != ""

@@ -35,11 +35,9 @@ func (s *Server) listNodes(w http.ResponseWriter, r *http.Request) {
 		alloc[node] = a
 	}
 	for i := range insts {
-		// A kept instance (stopped for a fast rollback) holds no room, as
-		// the scheduler counts (internal/controller/scan.go).
-		if n := insts[i].Node; n != "" && insts[i].Desired != api.DesiredKeep {
-			hold(n, insts[i].Spec.Resources)
-			counts[n]++
+		if insts[i].HoldsRoom() { // as the scheduler counts
+			hold(insts[i].Node, insts[i].Spec.Resources)
+			counts[insts[i].Node]++
 		}
 	}
 	for i := range tasks {

@@ -157,13 +157,12 @@ func (t *Tasks) candidates(now time.Time, free []api.Capacity, limits map[string
 	return out
 }
 
-// placed is what holds resources on nodes: the instances with a node and
-// the running tasks. A kept instance (stopped for a fast rollback) holds
-// no room, as the app controller counts it (scan.go).
+// placed is what holds resources on nodes: the instances that hold room
+// and the running tasks.
 func placed(insts []*api.Instance, running []api.Instance) []api.Instance {
 	out := make([]api.Instance, 0, len(insts)+len(running))
 	for _, inst := range insts {
-		if inst.Node != "" && inst.Desired != api.DesiredKeep {
+		if inst.HoldsRoom() {
 			out = append(out, *inst)
 		}
 	}

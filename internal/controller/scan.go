@@ -115,8 +115,7 @@ func (s *scan) add(inst *api.Instance) {
 		state = n.state
 	}
 	// A kept instance (stopped for a fast rollback) is neither old nor
-	// current, and holds no room: it gives way to anything placed; a
-	// rollback starts it again where it is.
+	// current, and holds no room (api.Instance.HoldsRoom).
 	kept := inst.Desired == api.DesiredKeep
 	if a.app != nil && !kept && inst.Desired != api.DesiredStop && (inst.Node == "" || state == api.NodeReady || state == api.NodeDraining) {
 		if inst.Revision == a.app.TemplateRevision && state != api.NodeDraining {
@@ -134,7 +133,7 @@ func (s *scan) add(inst *api.Instance) {
 	case inst.Node == "" && inst.Desired == api.DesiredRun:
 		s.waiting = append(s.waiting, inst)
 		a.waiting = true
-	case n != nil && !n.down && !kept:
+	case n != nil && !n.down && inst.HoldsRoom():
 		n.held.CPU += inst.Spec.Resources.CPU
 		n.held.Memory += inst.Spec.Resources.Memory
 	}
@@ -214,7 +213,7 @@ func (s *scan) holding(pending []api.Instance) []api.Instance {
 			continue // a new app: nothing placed yet
 		}
 		for _, inst := range a.insts {
-			if n := s.nodes[inst.Node]; n == nil || n.down || inst.Desired == api.DesiredKeep || !s.staying(a, inst) {
+			if n := s.nodes[inst.Node]; n == nil || n.down || !inst.HoldsRoom() || !s.staying(a, inst) {
 				continue
 			}
 			out = append(out, *inst)

@@ -99,7 +99,7 @@ func newCluster(pending []api.Instance, nodes []api.Node, placed []api.Instance)
 	lastApp, looked := "", false
 	for i := range placed {
 		p := &placed[i]
-		if p.Node == "" {
+		if !p.HoldsRoom() {
 			continue
 		}
 		n, ok := c.byName[p.Node]

@@ -56,12 +56,12 @@ func Schedule(pending []api.Instance, nodes []api.Node, placed []api.Instance) [
 }
 
 // Allocated sums the resources (spec.resources.cpu / memory) of placed
-// instances per node. Instances without a node hold nothing.
+// instances per node: those that hold room (api.Instance.HoldsRoom).
 func Allocated(placed []api.Instance) map[string]api.Capacity {
 	alloc := make(map[string]api.Capacity)
 	for i := range placed {
 		inst := &placed[i]
-		if inst.Node == "" {
+		if !inst.HoldsRoom() {
 			continue
 		}
 		c := alloc[inst.Node]
